@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import tyro
 
@@ -89,43 +89,152 @@ class Data:
 
 @dataclass
 class Train:
-    """Train a Gaussian-splat scene from a folder of posed images."""
+    """Train a Gaussian-splat scene from a folder of posed images.
 
-    data: Path
+    Settings come from the preset (configs/NAME.json, 'default' unless --load-config/--resume),
+    then a saved config (--load-config), then these flags; --set KEY=VALUE reaches every field of
+    splatkit.train.config.TrainConfig."""
+
+    data: Optional[Path] = None
+    """Dataset folder (not needed with --resume or --load-config)."""
+    downscale: Optional[int] = None
+    """Integer image downscale factor."""
+    preset: Optional[str] = None
+    """Preset name in configs/ (default, fast) or a path to a .json file."""
     steps: Optional[int] = None
+    out: Optional[Path] = None
+    """Run folder (default: outputs/<scene>/<method>/<timestamp>); the run to continue with --resume."""
+    resume: tyro.conf.FlagCreatePairsOff[bool] = False
+    """Continue the run in --out from its last checkpoint (more --steps extend it)."""
+    load_config: Optional[Path] = None
+    """Start from a previous run's config.json (RUN/config.json)."""
+    train_views: Optional[str] = None
+    """Original view ids to train on, e.g. 25,22,28."""
+    test_views: Optional[str] = None
+    """Original view ids to evaluate on."""
+    seed: Optional[int] = None
+    device: Optional[Literal["auto", "cpu", "cuda"]] = None
+    backend: Optional[Literal["auto", "cpu", "torch", "gsplat"]] = None
+    """Rasterizer backend."""
+    batch_size: Optional[int] = None
+    sh_degree: Optional[int] = None
+    background: Optional[Literal["black", "white", "random"]] = None
+    init: Optional[Literal["auto", "sfm", "random"]] = None
+    init_num_points: Optional[int] = None
+    use_masks: tyro.conf.FlagCreatePairsOff[bool] = False
+    """Supervise the rendered alpha with the dataset's masks (turn off a preset's with --set use_masks=false)."""
+    mask_weight: Optional[float] = None
+    checkpoint_every: Optional[int] = None
+    log_every: Optional[int] = None
+    preview_every: Optional[int] = None
+    quiet: tyro.conf.FlagCreatePairsOff[bool] = False
+    """No progress bar or status lines."""
+    set: list[str] = field(default_factory=list)
+    """Any other config field as KEY=VALUE (JSON values), e.g. --set grow_grad2d=0.0004 init=random."""
 
     def run(self) -> None:
-        _not_built("train", "Gaussian splatting trainer, issue #3")
+        from splatkit.train.config import parse_set_overrides, parse_view_ids
+        from splatkit.train.trainer import train_command
+
+        overrides = {k: getattr(self, k) for k in (
+            "data", "downscale", "steps", "out", "seed", "device", "backend", "batch_size", "sh_degree",
+            "background", "init", "init_num_points", "mask_weight", "checkpoint_every", "log_every",
+            "preview_every") if getattr(self, k) is not None}
+        if self.use_masks:
+            overrides["use_masks"] = True
+        for flag, key in (("--train-views", "train_views"), ("--test-views", "test_views")):
+            ids = parse_view_ids(getattr(self, key), flag)
+            if ids is not None:
+                overrides[key] = ids
+        overrides.update(parse_set_overrides(self.set))
+        trainer = train_command(overrides, preset=self.preset, load_config=self.load_config,
+                                resume=self.resume, quiet=self.quiet)
+        print(f"run folder: {trainer.run_path}")
 
 
 @dataclass
 class Render:
-    """Render a trained run's views or an orbit video."""
+    """Render a trained run's views (colour + expected-depth PNGs) and, with --orbit, an orbit video."""
 
     run_dir: Annotated[Path, tyro.conf.arg(name="run")]
+    """Run folder written by 'splatkit train'."""
+    split: Literal["test", "train"] = "test"
+    """Which views to render to RUN/renders/<split>/."""
+    orbit: bool = False
+    """Also render a closed orbit around the scene (fitted to the training cameras) as a video."""
+    video: Optional[Path] = None
+    """Orbit video file, .mp4 or .gif (default RUN/renders/orbit.mp4; implies --orbit)."""
+    checkpoint: Optional[Path] = None
+    """Checkpoint file (default: the run's latest)."""
+    frames: int = 120
+    """Number of orbit frames."""
+    fps: int = 30
+    batch_size: int = 4
+    """Views rendered at once (bounds memory)."""
 
     def run(self) -> None:
-        _not_built("render", "issue #3")
+        from splatkit.render.video import render_orbit, render_split
+
+        # Checked before the (slower) split render so a bad option fails at once.
+        for name, value in (("frames", self.frames), ("fps", self.fps), ("batch-size", self.batch_size)):
+            if value < 1:
+                raise SplatkitError(f"--{name} must be >= 1, got {value}")
+        if self.video is not None and self.video.suffix.lower() not in (".mp4", ".gif"):
+            raise SplatkitError(f"--video must end in .mp4 or .gif, got {self.video.name!r}")
+        res = render_split(self.run_dir, split=self.split, checkpoint=self.checkpoint,
+                           batch_size=self.batch_size)
+        print(f"rendered {len(res.images)} {self.split} views (step {res.step}) to {res.folder} "
+              f"(depth maps in {res.folder / 'depth'}, turbo from {res.depth_range[0]:.3g} to "
+              f"{res.depth_range[1]:.3g})")
+        if self.orbit or self.video is not None:
+            vid = render_orbit(self.run_dir, video=self.video, n_frames=self.frames,
+                               checkpoint=self.checkpoint, fps=self.fps, batch_size=self.batch_size)
+            if vid.fallback_reason:
+                print(f"splatkit: note: {vid.fallback_reason}", file=sys.stderr)
+            print(f"wrote orbit video {vid.path} ({vid.num_frames} frames)")
 
 
 @dataclass
 class Eval:
-    """Score a trained run on its test views."""
+    """Score a trained run on its test views (PSNR/SSIM/LPIPS, masked too when the scene has masks)."""
 
     run_dir: Annotated[Path, tyro.conf.arg(name="run")]
+    """Run folder written by 'splatkit train'."""
+    json: Optional[Path] = None
+    """Where to write the report (default RUN/metrics.json)."""
+    split: Literal["test", "train"] = "test"
+    checkpoint: Optional[Path] = None
+    """Checkpoint file (default: the run's latest)."""
+    batch_size: int = 4
 
     def run(self) -> None:
-        _not_built("eval", "issue #3")
+        from splatkit.eval.evaluate import evaluate_run, print_report
+
+        report = evaluate_run(self.run_dir, split=self.split, checkpoint=self.checkpoint,
+                              json_path=self.json, batch_size=self.batch_size)
+        print_report(report)
 
 
 @dataclass
 class Export:
-    """Export a trained run to a splat file format."""
+    """Export a trained run as a standard 3DGS PLY in the dataset's original world frame."""
 
     run_dir: Annotated[Path, tyro.conf.arg(name="run")]
+    """Run folder written by 'splatkit train'."""
+    format: str = "ply"
+    """ply (splat, ply-compressed, spz and skz are planned)."""
+    out: Optional[Path] = None
+    """Output file (default RUN/export/splats.ply)."""
+    checkpoint: Optional[Path] = None
+    """Checkpoint file (default: the run's latest)."""
 
     def run(self) -> None:
-        _not_built("export", "issues #3 and #5")
+        from splatkit.export import check_format, export_run
+
+        check_format(self.format)
+        res = export_run(self.run_dir, self.format, out=self.out, checkpoint=self.checkpoint)
+        dropped = f", left out {res.num_dropped} with non-finite values" if res.num_dropped else ""
+        print(f"wrote {res.num_written} Gaussians (SH degree {res.sh_degree}{dropped}) to {res.path}")
 
 
 @dataclass
@@ -140,14 +249,17 @@ class Benchmark:
 
 @dataclass
 class Demo:
-    """The README's main job: make the default synthetic scene (and, once built, train on it)."""
+    """The README's main job: synthetic scene -> train (fast preset) -> eval -> renders, video, PLY."""
 
     out: Path = Path("outputs/demo")
+    """Folder for the scene (OUT/scene, reused when present) and the run (OUT/run)."""
+    steps: Optional[int] = None
+    """Training steps (default: the fast preset's)."""
 
     def run(self) -> None:
         from splatkit.cli.demo import run_demo
 
-        run_demo(self.out)
+        run_demo(self.out, steps=self.steps)
 
 
 Command = Union[

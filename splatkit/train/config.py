@@ -1,0 +1,373 @@
+"""Everything a user tunes for a training run, and how presets, saved configs and flags combine.
+
+Resolution order (later wins): dataclass defaults -> ``--load-config FILE`` (a previous run's
+``config.json``) -> ``--preset NAME`` (``configs/NAME.json``; ``default`` when neither a preset nor a
+saved config is given) -> explicit command-line flags. :func:`resolve_config` then fills in the
+values derived from others (densification schedule scaled to ``steps``) so the ``config.json`` a
+run writes reproduces it exactly.
+
+Learning rates and densification defaults are those of 3DGS (Kerbl et al. 2023,
+``arguments/__init__.py``) as gsplat's ``examples/simple_trainer.py`` uses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from splatkit.errors import SplatkitError
+
+# 3DGS runs 30k steps, starts densifying at 500, stops at 15k and resets opacities every 3k.
+# Shorter runs keep those proportions (see ``resolved``).
+REF_STEPS = 30_000
+REF_REFINE_START = 500
+REF_REFINE_STOP = 15_000
+REF_RESET_EVERY = 3_000
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+# Fields that hold paths (written as str in config.json, read back as Path).
+_PATH_FIELDS = ("data", "out", "output_root")
+
+
+@dataclass
+class TrainConfig:
+    """A Gaussian-splatting training run."""
+
+    # -- data ----------------------------------------------------------------------------------
+    data: Optional[Path] = None
+    """Dataset folder (any layout ``splatkit data info`` recognises)."""
+    downscale: int = 1
+    """Integer image downscale factor applied when loading."""
+    train_views: Optional[list[int]] = None
+    """Original view ids to train on (default: the dataset's split, else all but every 8th view)."""
+    test_views: Optional[list[int]] = None
+    """Original view ids to evaluate on (default: the dataset's split, else every 8th view)."""
+    hold_every: int = 8
+    """Without a dataset split or explicit views, hold out every ``hold_every``-th view for testing."""
+
+    # -- run -----------------------------------------------------------------------------------
+    out: Optional[Path] = None
+    """Run folder (default: ``output_root/<scene>/<method>/<YYYY-mm-dd_HHMMSS>``)."""
+    output_root: Path = Path("outputs")
+    method: str = "3dgs"
+    preset: Optional[str] = None
+    """Name of the preset this config was built from (informational once resolved)."""
+    steps: int = 30_000
+    seed: int = 0
+    batch_size: int = 1
+    """Images rendered per optimisation step (all training images must share one size if > 1)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    backend: Literal["auto", "cpu", "torch", "gsplat"] = "auto"
+    """Rasteriser backend passed to :func:`splatkit.render.rasterization`."""
+
+    # -- model ---------------------------------------------------------------------------------
+    sh_degree: int = 3
+    sh_degree_interval: int = 1000
+    """Raise the active SH degree by one every this many steps (3DGS: 1000)."""
+    init: Literal["auto", "sfm", "random"] = "auto"
+    """``auto``: SfM points when the scene has them, else random points in the estimated object bounds."""
+    init_num_points: int = 100_000
+    """Number of random initial points (``random`` init)."""
+    init_opacity: float = 0.1
+    init_scale: float = 1.0
+    """Multiplier on the initial scales (mean distance to the 3 nearest neighbours)."""
+    init_carve_with_masks: bool = True
+    """With ``use_masks``, keep only random initial points inside every mask's visual hull."""
+    scene_scale: Optional[float] = None
+    """Scene extent for LRs and densification (default: 1.1 x the largest camera distance from the
+    camera centroid, as 3DGS/gsplat compute it)."""
+
+    # -- optimisation (3DGS / gsplat simple_trainer defaults) -----------------------------------
+    means_lr: float = 1.6e-4
+    """Initial position LR, multiplied by ``scene_scale``."""
+    means_lr_final: float = 1.6e-6
+    """Final position LR (x ``scene_scale``); exponential decay between the two over ``steps``."""
+    scales_lr: float = 5e-3
+    quats_lr: float = 1e-3
+    opacities_lr: float = 5e-2
+    sh0_lr: float = 2.5e-3
+    shN_lr: float = 2.5e-3 / 20
+    ssim_lambda: float = 0.2
+    """Loss = (1 - ssim_lambda) L1 + ssim_lambda (1 - SSIM), as in 3DGS."""
+    background: Literal["black", "white", "random"] = "black"
+    """Colour composited behind the splats, and behind masked-out ground truth when masks are used."""
+    near_plane: float = 0.01
+    far_plane: float = 1e10
+
+    # -- priors / regularisers -----------------------------------------------------------------
+    use_masks: bool = False
+    """Supervise the rendered alpha with the object masks (adds the ``mask`` regulariser) and
+    composite the ground truth over the background outside the mask."""
+    mask_weight: float = 0.1
+    mask_loss: Literal["bce", "l1"] = "bce"
+    regularizers: list[str] = field(default_factory=list)
+    """Extra regulariser names (see :mod:`splatkit.train.regularizers`)."""
+
+    # -- densification (gsplat DefaultStrategy) ------------------------------------------------
+    densify: bool = True
+    refine_start_iter: Optional[int] = None
+    """Default: 500/30000 of ``steps``."""
+    refine_stop_iter: Optional[int] = None
+    """Default: half of ``steps`` (3DGS: 15000 of 30000)."""
+    refine_every: int = 100
+    reset_every: Optional[int] = None
+    """Opacity reset period. Default: 3000/30000 of ``steps``."""
+    pause_refine_after_reset: int = 0
+    grow_grad2d: float = 2e-4
+    """Densify Gaussians whose mean screen-space gradient (gsplat's [-1, 1]-normalised units) exceeds this."""
+    grow_scale3d: float = 0.01
+    """Clone when the largest scale is below this x scene_scale, split above."""
+    prune_opa: float = 0.005
+    prune_scale3d: float = 0.1
+    """After the first opacity reset, prune Gaussians larger than this x scene_scale."""
+    absgrad: bool = False
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    checkpoint_every: int = 1000
+    """Write a checkpoint every this many steps (and always at the end); 0: only at the end."""
+    keep_checkpoints: int = 3
+    """How many of the most recent checkpoints to keep (0 keeps all)."""
+    log_every: int = 50
+    preview_every: int = 1000
+    """Write a GT | render preview of one test view every this many steps (0: only at the end)."""
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with derived values filled in and every value checked."""
+        c = dataclasses.replace(self)
+        c.data = None if c.data is None else Path(c.data)
+        c.out = None if c.out is None else Path(c.out)
+        c.output_root = Path(c.output_root)
+        if c.steps < 1:
+            raise SplatkitError(f"steps must be >= 1, got {c.steps}")
+        frac = c.steps / REF_STEPS
+        if c.refine_start_iter is None:
+            c.refine_start_iter = max(0, round(REF_REFINE_START * frac))
+        if c.refine_stop_iter is None:
+            c.refine_stop_iter = max(1, round(REF_REFINE_STOP * frac))
+        if c.reset_every is None:
+            c.reset_every = max(1, round(REF_RESET_EVERY * frac))
+        _check_positive(c, ("downscale", "batch_size", "sh_degree_interval", "init_num_points",
+                            "refine_every", "reset_every", "log_every", "hold_every", "init_scale"))
+        _check_nonnegative(c, ("checkpoint_every", "keep_checkpoints", "preview_every",
+                               "ssim_lambda", "mask_weight", "refine_start_iter", "refine_stop_iter"))
+        if c.ssim_lambda > 1:
+            raise SplatkitError(f"ssim_lambda must be in [0, 1], got {c.ssim_lambda}")
+        if not 0 <= c.sh_degree <= 4:
+            raise SplatkitError(f"sh_degree must be 0..4, got {c.sh_degree}")
+        if not 0 < c.init_opacity < 1:
+            raise SplatkitError(f"init_opacity must be in (0, 1), got {c.init_opacity}")
+        if c.scene_scale is not None and not c.scene_scale > 0:
+            raise SplatkitError(f"scene_scale must be positive, got {c.scene_scale}")
+        for name, allowed in (("device", ("auto", "cpu", "cuda")),
+                              ("backend", ("auto", "cpu", "torch", "gsplat")),
+                              ("background", ("black", "white", "random")),
+                              ("init", ("auto", "sfm", "random")),
+                              ("mask_loss", ("bce", "l1"))):
+            if getattr(c, name) not in allowed:
+                raise SplatkitError(f"{name} must be one of {', '.join(allowed)}; got {getattr(c, name)!r}")
+        c.regularizers = list(dict.fromkeys(c.regularizers))
+        return c
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in _PATH_FIELDS:
+            if d[k] is not None:
+                d[k] = str(d[k])
+        return d
+
+
+def _check_positive(c: TrainConfig, names) -> None:
+    for n in names:
+        if not getattr(c, n) > 0:
+            raise SplatkitError(f"{n} must be positive, got {getattr(c, n)}")
+
+
+def _check_nonnegative(c: TrainConfig, names) -> None:
+    for n in names:
+        if not getattr(c, n) >= 0:
+            raise SplatkitError(f"{n} must be >= 0, got {getattr(c, n)}")
+
+
+FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check a JSON value against the field's type; paths become :class:`Path`."""
+    hint = _HINTS[name]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    optional = origin is typing.Union and type(None) in args
+    if optional:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+
+    def bad() -> SplatkitError:
+        return SplatkitError(f"{source}: {name} = {value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+    if hint is Path:
+        if not isinstance(value, (str, Path)):
+            raise bad()
+        return Path(value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise SplatkitError(f"{source}: {name} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        return [_coerce_item(name, args[0], v, source) for v in value]
+    return value  # pragma: no cover - every field type is handled above
+
+
+def _coerce_item(name: str, hint, value, source: str):
+    if hint is int and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise SplatkitError(f"{source}: {name} must be a list of integers, got item {value!r}")
+    if hint is str and not isinstance(value, str):
+        raise SplatkitError(f"{source}: {name} must be a list of strings, got item {value!r}")
+    return value
+
+
+def read_overrides(path: str | Path, *, allow: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read a JSON object of config values; unknown keys are an error naming the key and file.
+
+    ``allow`` lists extra keys that are accepted and dropped (``splatkit_version`` in a run's
+    ``config.json``); keys starting with ``_`` are comments.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SplatkitError("config file not found", path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SplatkitError(f"not valid JSON ({exc})", path)
+    if not isinstance(raw, dict):
+        raise SplatkitError("expected a JSON object of config values", path)
+    out = {}
+    for key, value in raw.items():
+        if key.startswith("_") or key in allow:
+            continue
+        if key not in FIELD_NAMES:
+            raise SplatkitError(f"unknown config key {key!r} in {path}")
+        out[key] = _coerce(key, value, str(path))
+    return out
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.json")) if CONFIGS_DIR.is_dir() else []
+
+
+def preset_path(name: str) -> Path:
+    """``configs/NAME.json``, or ``name`` itself when it is a path to a JSON file."""
+    candidate = Path(name)
+    if candidate.suffix == ".json" and candidate.is_file():
+        return candidate
+    path = CONFIGS_DIR / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(available_presets()) or "none found"
+        raise SplatkitError(f"unknown preset {name!r} (known: {known}; or give a path to a .json file)")
+    return path
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    return read_overrides(preset_path(name))
+
+
+def load_saved_config(path: str | Path) -> dict[str, Any]:
+    """Values from a run's ``config.json`` (``--load-config``).
+
+    Its ``out`` (the old run folder) is dropped: reusing a config starts a new run unless ``--out``
+    says otherwise (``--resume`` sets it to the run being continued)."""
+    values = read_overrides(path, allow=("splatkit_version",))
+    values.pop("out", None)
+    return values
+
+
+def resolve_config(overrides: Optional[dict[str, Any]] = None, *, preset: Optional[str] = None,
+                   load_config: Optional[str | Path] = None) -> TrainConfig:
+    """Build the run's config: defaults -> saved config -> preset -> ``overrides`` (CLI flags).
+
+    Without ``preset`` and ``load_config`` the ``default`` preset applies. ``overrides`` are
+    checked like preset values and applied as given (leave out what was not given).
+    """
+    values: dict[str, Any] = {}
+    if load_config is not None:
+        values.update(load_saved_config(load_config))
+    if preset is None and load_config is None and "default" in available_presets():
+        preset = "default"
+    if preset is not None:
+        values.update(load_preset(preset))
+        values["preset"] = preset
+    for key, value in (overrides or {}).items():
+        if key not in FIELD_NAMES:
+            raise SplatkitError(f"unknown config key {key!r}")
+        values[key] = _coerce(key, value, "command line")
+    return TrainConfig(**values).resolved()
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """A :class:`TrainConfig` from a ``to_dict`` result (unknown keys are an error)."""
+    clean = {}
+    for key, value in values.items():
+        if key == "splatkit_version" or key.startswith("_"):
+            continue
+        if key not in FIELD_NAMES:
+            raise SplatkitError(f"unknown config key {key!r} in {source}")
+        clean[key] = _coerce(key, value, source)
+    return TrainConfig(**clean)
+
+
+# -- command-line helpers ----------------------------------------------------------------------
+def parse_view_ids(text: Optional[str], flag: str = "--train-views") -> Optional[list[int]]:
+    """``"25,22,28"`` (or space separated) -> ``[25, 22, 28]``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        ids = [int(p) for p in parts]
+    except ValueError:
+        raise SplatkitError(f"{flag} takes view ids like 25,22,28; got {text!r}") from None
+    if not ids:
+        raise SplatkitError(f"{flag} is empty")
+    return ids
+
+
+def parse_set_overrides(items: list[str]) -> dict[str, Any]:
+    """``["init=random", "train_views=[1,2]"]`` -> values (JSON when it parses, else a string)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise SplatkitError(f"--set takes KEY=VALUE, got {item!r}")
+        if key not in FIELD_NAMES:
+            raise SplatkitError(f"--set: unknown config key {key!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out[key] = _coerce(key, value, "--set")
+    return out
