@@ -1,0 +1,162 @@
+"""``splatkit eval``: score a trained run on its held-out views and write ``metrics.json``.
+
+How backgrounds enter the numbers:
+
+* Renders use the run's own background (:func:`splatkit.render.video.background_for`: the
+  ``black`` / ``white`` it trained with; for ``random`` training, white with masks, else black).
+* The ground truth is what the model was trained to reproduce: the image as loaded, or, for runs
+  trained with ``use_masks``, the image composited over that same background outside the mask.
+  ``psnr`` / ``ssim`` / ``lpips`` compare the render with that target, so a run that trained on a
+  white background is scored on a white background.
+* When the scene has masks, ``masked_*`` follow the DTU sparse-view protocol (RegNeRF,
+  :mod:`splatkit.eval.metrics`): ``masked_psnr`` averages the error over object pixels only
+  (mask == 1) of the *loaded* ground truth, and ``masked_ssim`` / ``masked_lpips`` composite both
+  render and loaded ground truth on white outside the mask. They depend on the background only
+  through semi-transparent object pixels, so they compare across runs with different backgrounds.
+
+Means are per-view averages (benchmarks average per-image values). A non-finite value (PSNR of
+bit-identical images is +inf) is written as ``null`` and left out of the mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from splatkit.errors import SplatkitError
+
+METRIC_KEYS = ("psnr", "ssim", "lpips", "masked_psnr", "masked_ssim", "masked_lpips")
+
+
+def _finite_or_none(v):
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _view_metrics(rgb: np.ndarray, target: np.ndarray, gt: np.ndarray, mask: Optional[np.ndarray]) -> dict:
+    """One view's metrics. SSIM and LPIPS need images of at least 11x11 pixels and masked metrics a
+    non-empty mask; where they are undefined they are ``None``, as in the trainer's summary."""
+    from splatkit.eval.metrics import SSIM_WINDOW, compute_metrics, masked_psnr, psnr
+
+    if min(rgb.shape[:2]) < SSIM_WINDOW:
+        m = {"psnr": psnr(rgb, target), "ssim": None, "lpips": None,
+             "lpips_unavailable": f"SSIM and LPIPS are not computed for images smaller than "
+                                  f"{SSIM_WINDOW}x{SSIM_WINDOW} pixels"}
+        if mask is not None:
+            m.update(masked_psnr=_or_none(masked_psnr, rgb, gt, mask), masked_ssim=None, masked_lpips=None)
+        return m
+    m = compute_metrics(rgb, target)
+    if mask is not None:
+        # The DTU protocol scores against the loaded image, not the background-composited one.
+        try:
+            masked = compute_metrics(rgb, gt, mask=mask)
+        except SplatkitError:  # an empty mask: masked metrics are undefined for this view
+            masked = {}
+        for key in ("masked_psnr", "masked_ssim", "masked_lpips"):
+            m[key] = masked.get(key)
+    return m
+
+
+def _or_none(fn, *args):
+    try:
+        return fn(*args)
+    except SplatkitError:
+        return None
+
+
+def evaluate_run(run_dir, split: str = "test", checkpoint=None, json_path: Optional[str | Path] = None,
+                 batch_size: int = 4, device: Optional[str] = None) -> dict:
+    """Render the run's ``split`` views, score them and write the report (default ``RUN/metrics.json``).
+
+    Returns the report dict (also what is written)."""
+    import splatkit
+    from splatkit.render.video import render_views, settings_for
+    from splatkit.train.run import Run
+    from splatkit.utils.atomic import write_text_atomic
+
+    run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
+    if split not in ("train", "test"):
+        raise SplatkitError(f"split must be 'train' or 'test', got {split!r}")
+    ckpt_path = run.checkpoint(checkpoint)
+    model, payload = run.load_model(ckpt_path)
+    scene = run.load_scene()
+    train_ids, test_ids = run.split()
+    ids = test_ids if split == "test" else train_ids
+    if not ids:
+        raise SplatkitError(f"run has no {split} views to evaluate", run.path)
+    positions = scene.index_of(ids)
+    settings = settings_for(run.config, batch_size, device)
+    bg = settings.background.astype(np.float32)
+    has_masks = scene.masks is not None
+    composite_gt = bool(run.config.use_masks and has_masks)
+
+    views = []
+    lpips_reason = None
+    for i, rgb, _, _ in render_views(model, scene.cameras[positions], settings):
+        p = positions[i]
+        gt = scene.images[p]
+        mask = scene.masks[p] if has_masks else None
+        target = gt * mask[..., None] + bg * (1.0 - mask[..., None]) if composite_gt else gt
+        m = _view_metrics(rgb, target, gt, mask)
+        lpips_reason = m.pop("lpips_unavailable", None) or lpips_reason
+        views.append({"id": int(ids[i]), "name": scene.names[p],
+                      **{k: _finite_or_none(m[k]) for k in METRIC_KEYS if k in m}})
+
+    keys = [k for k in METRIC_KEYS if k in views[0]]
+    means = {}
+    for k in keys:
+        vals = [v[k] for v in views if v[k] is not None]
+        means[k] = float(np.mean(vals)) if vals else None
+    report = {
+        "splatkit_version": splatkit.__version__,
+        "run": str(run.path),
+        "checkpoint": str(ckpt_path),
+        "step": int(payload.get("step", -1)),
+        "split": split,
+        "num_views": len(views),
+        "background": [float(c) for c in bg],
+        "gt_composited_on_background": composite_gt,
+        "masked_metrics": has_masks,
+        "lpips_available": lpips_reason is None,
+        "lpips_unavailable": lpips_reason,
+        "mean": means,
+        "views": views,
+    }
+    out = Path(json_path) if json_path is not None else run.metrics_path
+    write_text_atomic(out, json.dumps(report, indent=2, allow_nan=False) + "\n")
+    report["json_path"] = str(out)
+    return report
+
+
+def print_report(report: dict, console=None) -> None:
+    """A rich table: one row per view, then the means."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = console or Console()
+    keys = [k for k in METRIC_KEYS if k in report["mean"]]
+    table = Table(title=f"{report['split']} views, step {report['step']}")
+    table.add_column("view")
+    for k in keys:
+        table.add_column(k.replace("_", " "), justify="right")
+
+    def fmt(k, v):
+        if v is None:
+            return "-"
+        return f"{v:.2f}" if k.endswith("psnr") else f"{v:.4f}"
+
+    for v in report["views"]:
+        table.add_row(escape(f"{v['id']} {v['name']}"), *[fmt(k, v[k]) for k in keys])
+    table.add_section()
+    table.add_row("mean", *[fmt(k, report["mean"][k]) for k in keys], style="bold")
+    console.print(table)
+    if not report["lpips_available"]:
+        console.print(f"[yellow]{escape(report['lpips_unavailable'])}[/yellow]")
+    console.print(f"wrote {escape(report['json_path'])}")
