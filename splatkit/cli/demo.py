@@ -84,8 +84,10 @@ def train_demo(scene_dir: Path, run_dir: Path, steps: Optional[int] = None) -> f
                                 "--out", run_dir)
         shutil.rmtree(run_dir)
     train, test = demo_split(scene_dir)
-    config = resolve_config({"data": scene_dir, "out": run_dir, "steps": steps,
-                             "train_views": train, "test_views": test}, preset=PRESET)
+    overrides = {"data": scene_dir, "out": run_dir, "train_views": train, "test_views": test}
+    if steps is not None:  # None means "the preset's step count", not an override
+        overrides["steps"] = steps
+    config = resolve_config(overrides, preset=PRESET)
     start = time.perf_counter()
     Trainer(config).train()
     return time.perf_counter() - start

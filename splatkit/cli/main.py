@@ -273,10 +273,20 @@ Command = Union[
 ]
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings about the user's data (skipped frames, fallbacks) as one readable line."""
+    print(f"splatkit: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
+    previous_showwarning = warnings.showwarning
+    if not verbose:
+        warnings.showwarning = _one_line_warning
     try:
         cmd = tyro.cli(tyro.conf.OmitSubcommandPrefixes[Command], args=argv, prog="splatkit",
                        description="splatkit: sparse-view 3D reconstruction (add --verbose for tracebacks)")
@@ -289,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("splatkit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous_showwarning
     return 0
 
 
