@@ -203,7 +203,8 @@ class Cameras:
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Project world points [P,3] into every camera: pixel coords [N,P,2] and depths [N,P].
 
-        Ignores distortion (images are expected undistorted by the readers)."""
+        Pinhole only: ``distortion`` is kept from the source but not applied here, nor are images
+        undistorted by the readers (the rasterizer is pinhole too)."""
         pts = np.asarray(points, dtype=np.float64)
         w2c = self.worldtocams()
         cam = np.einsum("nij,pj->npi", w2c[:, :3, :3], pts) + w2c[:, None, :3, 3]
