@@ -81,16 +81,9 @@ def evaluate_run(run_dir, split: str = "test", checkpoint=None, json_path: Optio
     from splatkit.utils.atomic import write_text_atomic
 
     run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
-    if split not in ("train", "test"):
-        raise SplatkitError(f"split must be 'train' or 'test', got {split!r}")
     ckpt_path = run.checkpoint(checkpoint)
     model, payload = run.load_model(ckpt_path)
-    scene = run.load_scene()
-    train_ids, test_ids = run.split()
-    ids = test_ids if split == "test" else train_ids
-    if not ids:
-        raise SplatkitError(f"run has no {split} views to evaluate", run.path)
-    positions = scene.index_of(ids)
+    scene, ids, positions = run.views(split)
     settings = settings_for(run.config, batch_size, device)
     bg = settings.background.astype(np.float32)
     has_masks = scene.masks is not None

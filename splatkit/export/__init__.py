@@ -30,14 +30,13 @@ def export_run(run_dir, fmt: str = "ply", out: Optional[str | Path] = None, chec
     """Export a run's latest (or given) checkpoint; default file ``RUN/export/splats.ply``.
 
     The normalisation comes from the checkpoint itself (the frame its parameters live in)."""
-    from splatkit.data.scene import Normalization
+    from splatkit.models.gaussians import checkpoint_normalization
     from splatkit.train.run import Run
 
     fmt = check_format(fmt)
     run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
     model, payload = run.load_model(checkpoint)
-    norm = payload["splatkit"].get("normalization")
-    normalization = Normalization() if norm is None else Normalization.from_dict(norm)
+    normalization = checkpoint_normalization(payload)
     target = Path(out) if out is not None else run.path / "export" / "splats.ply"
     if target.suffix.lower() != ".ply":
         raise SplatkitError(f"a PLY export must end in .ply, got {target.name!r}")

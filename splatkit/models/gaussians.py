@@ -163,6 +163,14 @@ class GaussianModel(torch.nn.Module):
         return cls(payload["splats"], meta["sh_degree"]).to(map_location), payload
 
 
+def checkpoint_normalization(payload: dict):
+    """The scene :class:`~splatkit.data.scene.Normalization` a checkpoint's parameters live in."""
+    from splatkit.data.scene import Normalization
+
+    norm = (payload.get("splatkit") or {}).get("normalization")
+    return Normalization() if norm is None else Normalization.from_dict(norm)
+
+
 def _mean_knn_distance(points: torch.Tensor, k: int) -> torch.Tensor:
     """Mean distance of each point to its ``k`` nearest neighbours (chunked, O(N^2) memory-safe)."""
     n = len(points)

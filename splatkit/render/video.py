@@ -280,15 +280,8 @@ def render_split(run_dir, split: str = "test", checkpoint=None, out_dir=None,
     from splatkit.train.run import Run
 
     run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
-    if split not in ("train", "test"):
-        raise SplatkitError(f"split must be 'train' or 'test', got {split!r}")
     model, payload = run.load_model(checkpoint)
-    scene = run.load_scene()
-    train_ids, test_ids = run.split()
-    ids = test_ids if split == "test" else train_ids
-    if not ids:
-        raise SplatkitError(f"run has no {split} views", run.path)
-    positions = scene.index_of(ids)
+    scene, ids, positions = run.views(split)
     cameras = scene.cameras[positions]
     names = _unique_names([scene.names[p] for p in positions], ids)
     settings = settings_for(run.config, batch_size, device)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from splatkit.errors import SplatkitError
+from splatkit.utils.jsonfile import read_json_object
 
 # 3DGS runs 30k steps, starts densifying at 500, stops at 15k and resets opacities every 3k.
 # Shorter runs keep those proportions (see ``resolved``).
@@ -258,14 +259,7 @@ def read_overrides(path: str | Path, *, allow: tuple[str, ...] = ()) -> dict[str
     ``config.json``); keys starting with ``_`` are comments.
     """
     path = Path(path)
-    if not path.is_file():
-        raise SplatkitError("config file not found", path)
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SplatkitError(f"not valid JSON ({exc})", path)
-    if not isinstance(raw, dict):
-        raise SplatkitError("expected a JSON object of config values", path)
+    raw = read_json_object(path, "config file")
     out = {}
     for key, value in raw.items():
         if key.startswith("_") or key in allow:

@@ -23,6 +23,7 @@ from typing import Optional, Union
 
 from splatkit.errors import SplatkitError
 from splatkit.train.config import TrainConfig, config_from_dict
+from splatkit.utils.jsonfile import read_json_object
 
 CONFIG_NAME = "config.json"
 SPLIT_NAME = "split.json"
@@ -71,12 +72,7 @@ class Run:
         cfg_path = path / CONFIG_NAME
         if not cfg_path.is_file():
             raise SplatkitError(f"not a run folder (no {CONFIG_NAME})", path)
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SplatkitError(f"unreadable run config ({exc})", cfg_path)
-        if not isinstance(raw, dict):
-            raise SplatkitError("run config is not a JSON object", cfg_path)
+        raw = read_json_object(cfg_path, "run config")
         written_by = raw.get("splatkit_version")
         ours = splatkit.__version__
         if written_by is None or _major(written_by) != _major(ours):
@@ -150,17 +146,20 @@ class Run:
 
     def normalization(self, checkpoint: Union[None, int, str, Path] = None):
         """The scene normalisation recorded in the (latest) checkpoint's metadata."""
-        import torch
+        from splatkit.models.gaussians import checkpoint_normalization
 
-        from splatkit.data.scene import Normalization
+        return checkpoint_normalization(self.load_model(checkpoint)[1])
 
-        path = self.checkpoint(checkpoint)
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise SplatkitError(f"not a readable checkpoint ({type(exc).__name__})", path)
-        norm = (payload.get("splatkit") or {}).get("normalization") if isinstance(payload, dict) else None
-        return Normalization() if norm is None else Normalization.from_dict(norm)
+    def views(self, split: str):
+        """``(scene, ids, positions)`` for the run's ``"train"`` or ``"test"`` views."""
+        if split not in ("train", "test"):
+            raise SplatkitError(f"split must be 'train' or 'test', got {split!r}")
+        scene = self.load_scene()
+        train_ids, test_ids = self.split()
+        ids = test_ids if split == "test" else train_ids
+        if not ids:
+            raise SplatkitError(f"run has no {split} views", self.path)
+        return scene, ids, scene.index_of(ids)
 
     # -- other files ----------------------------------------------------------------------------
     @property
