@@ -28,10 +28,7 @@ Usage: ``python scripts/bench_rasterizer.py [--sizes 10000 50000 200000] [--reps
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import re
 import statistics
 import sys
 import time
@@ -45,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from splatkit.data.synthetic import render_synthetic_scene  # noqa: E402
 from splatkit.render import rasterization, rgb_to_sh  # noqa: E402
+from benchdoc import machine_info, write_section  # noqa: E402  (scripts/ is on sys.path)
 
 WIDTH, HEIGHT = 400, 300
 N_VIEWS = 9
@@ -53,7 +51,7 @@ SH_DEGREE = 3
 # The torch reference keeps [tiles, pixels, Gaussians] blocks for autograd: past this many
 # Gaussians a single fwd+bwd takes minutes on a small machine.
 TORCH_MAX_GAUSSIANS = 50_000
-START, END = "<!-- bench_rasterizer:start -->", "<!-- bench_rasterizer:end -->"
+SECTION = "bench_rasterizer"
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -171,20 +169,6 @@ def time_fwd_bwd(g: dict, viewmats, Ks, target, backend: str, reps: int) -> tupl
     return statistics.median(times), info
 
 
-def machine_info() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
-            f"{datetime.date.today().isoformat()}")
-
-
 def load_note(load_before) -> str:
     """How busy the machine was: other jobs' threads make multi-threaded timings unreliable."""
     if load_before is None:
@@ -196,22 +180,6 @@ def load_note(load_before) -> str:
     return (f"The machine was shared with other jobs (load average {load:.1f} on {cores} cores at the start): "
             "multi-threaded runs then wait at every parallel region for a descheduled thread, so the "
             "1-thread column is the reliable figure and the others are noisy.")
-
-
-def write_section(text: str) -> Path:
-    path = ROOT / "docs" / "benchmarks.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if path.exists():
-        doc = path.read_text()
-        if START in doc and END in doc:
-            doc = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, doc, flags=re.S)
-        else:
-            doc = doc.rstrip() + "\n\n" + block + "\n"
-    else:
-        doc = "# Benchmarks\n\n" + block + "\n"
-    path.write_text(doc)
-    return path
 
 
 def main() -> None:
@@ -266,7 +234,7 @@ def main() -> None:
         *rows,
     ])
     if args.write:
-        print(f"wrote {write_section(text)}")
+        print(f"wrote {write_section(SECTION, text)}")
     else:
         print("\n" + text)
 

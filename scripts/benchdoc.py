@@ -1,0 +1,52 @@
+"""Shared by the benchmark scripts: describe the machine and update one section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def machine_info() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} cores visible, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
+            f"{datetime.date.today().isoformat()}")
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def write_section(name: str, text: str) -> Path:
+    """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` (appended when absent)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if DOC.exists():
+        doc = DOC.read_text()
+        if start in doc and end in doc:
+            doc = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
+        else:
+            doc = doc.rstrip() + "\n\n" + block + "\n"
+    else:
+        doc = "# Benchmarks\n\n" + block + "\n"
+    DOC.write_text(doc)
+    return DOC
