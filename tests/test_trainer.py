@@ -249,7 +249,8 @@ def test_split_choice(scene_dir):
     scene = load_scene(scene_dir)
     cfg = TrainConfig(data=scene_dir)
     assert choose_split(scene, cfg) == ([1, 2, 3, 4, 5, 6, 7, 9], [0, 8])
-    assert choose_split(scene, TrainConfig(train_views=[2, 5, 7])) == ([2, 5, 7], [0, 8])
+    # Chosen training views: every view not trained on is a test view (issue #4).
+    assert choose_split(scene, TrainConfig(train_views=[2, 5, 7])) == ([2, 5, 7], [0, 1, 3, 4, 6, 8, 9])
     assert choose_split(scene, TrainConfig(test_views=[3])) == ([0, 1, 2, 4, 5, 6, 7, 8, 9], [3])
     with pytest.raises(SplatkitError, match="both"):
         choose_split(scene, TrainConfig(train_views=[1, 2], test_views=[2]))
@@ -372,7 +373,7 @@ def test_cli_train_resume_and_load_config(scene_dir, tmp_path, capsys):
                  *common]) == 0
     assert f"run folder: {out.resolve()}" in capsys.readouterr().out
     run = Run.open(out)
-    assert run.split() == ([1, 3, 5, 7], [0, 8])
+    assert run.split() == ([1, 3, 5, 7], [0, 2, 4, 6, 8, 9])
     assert run.latest_checkpoint().name == "ckpt_000006.pt"
     assert run.config.preset == "default" and run.config.sh_degree == 0
     assert (out / "train_summary.json").is_file()

@@ -111,11 +111,14 @@ class GaussianModel(torch.nn.Module):
         }
 
     def render(self, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
-               sh_degree: Optional[int] = None, **kwargs):
-        """Render with :func:`splatkit.render.rasterization`; returns its ``(renders, alphas, meta)``."""
+               sh_degree: Optional[int] = None, params: Optional[dict[str, torch.Tensor]] = None, **kwargs):
+        """Render with :func:`splatkit.render.rasterization`; returns its ``(renders, alphas, meta)``.
+
+        ``params``: activated parameters to render instead of :meth:`activated` (a training step's
+        regularisers may have changed them)."""
         from splatkit.render import rasterization
 
-        p = self.activated()
+        p = self.activated() if params is None else params
         degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
         return rasterization(p["means"], p["quats"], p["scales"], p["opacities"], p["colors"],
                              viewmats, Ks, width, height, sh_degree=degree, **kwargs)

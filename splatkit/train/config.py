@@ -32,7 +32,7 @@ REF_RESET_EVERY = 3_000
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 # Fields that hold paths (written as str in config.json, read back as Path).
-_PATH_FIELDS = ("data", "out", "output_root")
+_PATH_FIELDS = ("data", "out", "output_root", "depth_prior_dir")
 
 
 @dataclass
@@ -107,7 +107,37 @@ class TrainConfig:
     mask_weight: float = 0.1
     mask_loss: Literal["bce", "l1"] = "bce"
     regularizers: list[str] = field(default_factory=list)
-    """Extra regulariser names (see :mod:`splatkit.train.regularizers`)."""
+    """Extra regulariser names (see :mod:`splatkit.train.regularizers`): depth_ranking,
+    depth_continuity, depth_pearson, depth_patch (need ``depth_prior``), dropout."""
+    depth_prior: str = "none"
+    """Depth prior for the depth losses: ``none``, ``files`` (``depth/<image stem>.npy|png|pfm``
+    beside the images, or ``depth_prior_dir``) or a depth model (alias such as
+    ``depth-anything-v2-small``, Hugging Face id or local folder; loaded offline)."""
+    depth_prior_kind: Literal["depth", "inverse"] = "depth"
+    """What depth files hold: ``depth`` (larger = farther, the default) or ``inverse`` (disparity,
+    as monocular estimators write it). Models declare their own kind."""
+    depth_prior_dir: Optional[Path] = None
+    """Folder of depth-prior files (default: ``depth/`` in the dataset folder)."""
+    depth_rank_weight: float = 0.2
+    """SparseNeRF local depth ranking weight (the paper's DTU setting)."""
+    depth_rank_box: float = 1.0
+    """Side of the random box pairs are drawn in, as a fraction of the image (1.0: whole image, DTU)."""
+    depth_rank_pairs: int = 4096
+    """Pixel pairs (and continuity anchors) per view and step."""
+    depth_rank_margin: float = 1e-4
+    depth_continuity_weight: float = 1.0
+    """SparseNeRF spatial continuity weight."""
+    depth_continuity_window: int = 3
+    """Neighbours are drawn from the ±window px square around each anchor."""
+    depth_continuity_fraction: float = 0.3
+    """... among this fraction of the window closest to the anchor in the prior."""
+    depth_pearson_weight: float = 0.05
+    """FSGS Pearson-correlation depth loss weight."""
+    depth_patch_weight: float = 0.1
+    """DNGaussian patch-normalised depth loss weight."""
+    depth_patch_size: int = 8
+    dropout_gamma: float = 0.1
+    """DropGaussian: the drop rate grows linearly from 0 to this over the run."""
 
     # -- densification (gsplat DefaultStrategy) ------------------------------------------------
     densify: bool = True
@@ -155,7 +185,16 @@ class TrainConfig:
         _check_positive(c, ("downscale", "batch_size", "sh_degree_interval", "init_num_points",
                             "refine_every", "reset_every", "log_every", "hold_every", "init_scale"))
         _check_nonnegative(c, ("checkpoint_every", "keep_checkpoints", "preview_every",
-                               "ssim_lambda", "mask_weight", "refine_start_iter", "refine_stop_iter"))
+                               "ssim_lambda", "mask_weight", "refine_start_iter", "refine_stop_iter",
+                               "depth_rank_weight", "depth_rank_margin", "depth_continuity_weight",
+                               "depth_pearson_weight", "depth_patch_weight"))
+        _check_positive(c, ("depth_rank_pairs", "depth_continuity_window", "depth_patch_size"))
+        for name in ("depth_rank_box", "depth_continuity_fraction"):
+            if not 0 < getattr(c, name) <= 1:
+                raise SplatkitError(f"{name} must be in (0, 1], got {getattr(c, name)}")
+        if not 0 <= c.dropout_gamma < 1:
+            raise SplatkitError(f"dropout_gamma must be in [0, 1), got {c.dropout_gamma}")
+        c.depth_prior_dir = None if c.depth_prior_dir is None else Path(c.depth_prior_dir)
         if c.ssim_lambda > 1:
             raise SplatkitError(f"ssim_lambda must be in [0, 1], got {c.ssim_lambda}")
         if not 0 <= c.sh_degree <= 4:
@@ -168,7 +207,8 @@ class TrainConfig:
                               ("backend", ("auto", "cpu", "torch", "gsplat")),
                               ("background", ("black", "white", "random")),
                               ("init", ("auto", "sfm", "random")),
-                              ("mask_loss", ("bce", "l1"))):
+                              ("mask_loss", ("bce", "l1")),
+                              ("depth_prior_kind", ("depth", "inverse"))):
             if getattr(c, name) not in allowed:
                 raise SplatkitError(f"{name} must be one of {', '.join(allowed)}; got {getattr(c, name)!r}")
         c.regularizers = list(dict.fromkeys(c.regularizers))

@@ -5,7 +5,8 @@ config names (``TrainConfig.regularizers``, plus ``mask`` when ``use_masks`` is 
 :meth:`Regularizer.setup` once with a :class:`TrainContext`, and each step calls
 :meth:`Regularizer.loss` with the step's :class:`Batch` and the renderer's
 :class:`RenderOutputs`. The returned tensor (or each tensor of a returned dict) is added to the
-photometric loss as is, so a regulariser applies its own weight. Regularisers that keep state
+photometric loss as is, so a regulariser applies its own weight. A regulariser may also change
+what a training step renders (:meth:`Regularizer.render_params`: dropout, learnable masks). Regularisers that keep state
 across steps (schedules, learned parameters) return it from :meth:`state_dict`; it goes into every
 checkpoint so ``--resume`` restores it.
 
@@ -25,6 +26,7 @@ Modules that define regularisers outside this file are imported by :func:`build_
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Optional, Union
 
@@ -101,6 +103,12 @@ class Regularizer:
         logs and checkpoints count completed steps, ``step + 1``). A dict is logged per key."""
         raise NotImplementedError
 
+    def render_params(self, step: int, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Change what a training step renders (``GaussianModel.activated()`` names: means, quats,
+        scales, opacities, colors); return a new dict, never edit the tensors in place. Evaluation
+        renders are not affected. Default: unchanged."""
+        return params
+
     def state_dict(self) -> dict:
         return {}
 
@@ -135,10 +143,26 @@ def available_regularizers() -> list[str]:
     return sorted(_REGISTRY)
 
 
+DEPTH_PRIOR_LOSSES = ("depth_ranking", "depth_continuity", "depth_pearson", "depth_patch")
+
+
 def regularizer_names(config) -> list[str]:
-    """The names the config asks for, ``mask`` first when ``use_masks`` is set."""
-    names = (["mask"] if config.use_masks else []) + list(config.regularizers)
-    return list(dict.fromkeys(names))
+    """The names the config asks for, ``mask`` first when ``use_masks`` is set.
+
+    Presets choose the losses and ``depth_prior`` the data they use. Depth losses without a depth
+    prior are left out with a warning (so a sparse preset still trains where no prior exists), and
+    a prior that no loss uses is reported too."""
+    names = list(dict.fromkeys((["mask"] if config.use_masks else []) + list(config.regularizers)))
+    depth = [n for n in names if n in DEPTH_PRIOR_LOSSES]
+    prior = getattr(config, "depth_prior", "none")
+    if depth and prior == "none":
+        warnings.warn(f"no depth prior given, so the depth losses {', '.join(depth)} are off; pass "
+                      "--depth-prior files (depth/ beside the images) or a depth model", stacklevel=2)
+        names = [n for n in names if n not in DEPTH_PRIOR_LOSSES]
+    elif prior != "none" and not depth:
+        warnings.warn(f"depth prior {prior!r} is not used: no depth loss is enabled (--regularizers "
+                      "depth_ranking,depth_continuity, or --preset sparse)", stacklevel=2)
+    return names
 
 
 def build_regularizers(config) -> list[Regularizer]:

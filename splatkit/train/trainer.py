@@ -70,8 +70,8 @@ def choose_split(scene: Scene, config: TrainConfig) -> tuple[list[int], list[int
     train, test = config.train_views, config.test_views
     if train is None and test is None:
         train, test = default_train, default_test
-    elif test is None:
-        test = [v for v in default_test if v not in train] or [v for v in scene.ids if v not in train]
+    elif test is None:  # every view not trained on
+        test = [v for v in scene.ids if v not in train]
     elif train is None:
         train = [v for v in scene.ids if v not in test]
     train, test = [int(v) for v in train], [int(v) for v in test]
@@ -232,6 +232,12 @@ def _without_masks(scene: Scene) -> Scene:
     return s
 
 
+def _without_depths(scene: Scene) -> Scene:
+    s = scene.subset(range(len(scene)))
+    s.depths = None
+    return s
+
+
 class ViewSampler:
     """Shuffled passes over the training views from a dedicated generator (saved in checkpoints)."""
 
@@ -380,6 +386,8 @@ class Trainer:
         self.config.out = path
         if self.config.data is not None:
             self.config.data = Path(self.config.data).resolve()
+        if self.config.depth_prior_dir is not None:
+            self.config.depth_prior_dir = Path(self.config.depth_prior_dir).resolve()
         self.run = runfiles.Run(path, self.config)
 
     def _write_run_files(self) -> None:
@@ -428,6 +436,9 @@ class Trainer:
             how = f"{len(pts)} SfM points"
         else:
             rng = np.random.default_rng(cfg.seed)
+            if cfg.depth_prior_kind == "inverse" and ts.depths is not None:
+                # The files in depth/ are declared inverse depth: not metric, so no bounds from them.
+                ts = _without_depths(ts)
             pts, cols, bounds = random_init_points(ts, cfg.init_num_points, rng,
                                                    carve=cfg.use_masks and cfg.init_carve_with_masks,
                                                    scene_scale=self.scene_scale)
@@ -587,11 +598,12 @@ class Trainer:
                      masks=masks, depths=depths)
 
     def _render(self, viewmats, Ks, width, height, sh_degree, backgrounds, render_mode="RGB",
-                absgrad=False):
+                absgrad=False, params=None):
         cfg = self.config
         renders, alphas, meta = self.model.render(
             viewmats, Ks, width, height, sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
-            near_plane=cfg.near_plane, far_plane=cfg.far_plane, absgrad=absgrad, backend=cfg.backend)
+            near_plane=cfg.near_plane, far_plane=cfg.far_plane, absgrad=absgrad, backend=cfg.backend,
+            params=params)
         self.backend = meta.get("backend", self.backend)  # what "auto" picked, for the summary
         return renders, alphas, meta
 
@@ -602,8 +614,12 @@ class Trainer:
         bg = self._backgrounds(len(positions))
         batch = self._make_batch(step, positions, bg)
         sh_degree = min(step // cfg.sh_degree_interval, self.model.sh_degree)
+        params = self.model.activated()
+        for reg in self.regularizers:
+            params = reg.render_params(step, params)
         renders, alphas, meta = self._render(batch.viewmats, batch.Ks, batch.width, batch.height, sh_degree,
-                                             bg, self.render_mode, absgrad=cfg.absgrad and cfg.densify)
+                                             bg, self.render_mode, absgrad=cfg.absgrad and cfg.densify,
+                                             params=params)
         colors = renders[..., :3]
         outputs = RenderOutputs(colors=colors, alphas=alphas, meta=meta, sh_degree=sh_degree,
                                 depths=renders[..., 3:4] if renders.shape[-1] > 3 else None)

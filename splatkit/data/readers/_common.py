@@ -246,20 +246,11 @@ def downscale_depth(depth: np.ndarray, factor: int) -> np.ndarray:
 
 
 def read_depth(path: Path) -> np.ndarray:
-    try:
-        d = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise DataError(f"cannot read depth map ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", path)
-    d = np.asarray(d)
-    if d.ndim == 3 and d.shape[-1] == 1:
-        d = d[..., 0]
-    if d.ndim != 2 or not np.issubdtype(d.dtype, np.number):
-        raise DataError(f"expected a 2D numeric depth map, got shape {d.shape} dtype {d.dtype}", path)
-    d = d.astype(np.float32)
-    d[~np.isfinite(d)] = 0.0  # unknown
-    if (d < 0).any():
-        raise DataError("depth map has negative values (expected z-depth, 0 = unknown)", path)
-    return d
+    """z-depth float32 [H, W] with 0 = unknown (the Scene convention); any format that
+    :func:`splatkit.data.depth_io.read_depth_file` reads, errors naming the file."""
+    from splatkit.data.depth_io import read_depth_file
+
+    return np.nan_to_num(read_depth_file(path), nan=0.0)
 
 
 # -- the scene ----------------------------------------------------------------------------------

@@ -19,6 +19,10 @@ Point ``load_scene`` at a folder holding ``Rectified/`` with a single scan, or d
 callers may pass ``read(root, scan=N)``. Images stored below 1600x1200 (400x300 is the protocol's
 resolution) get their intrinsics scaled to match. There is no object sphere, so the world is
 normalised from the cameras. Ids are 0-based DTU view indices.
+
+:func:`view_specs` and :func:`read_projection` serve layouts whose scene folder and calibration
+folder are not in the ``Rectified/`` + ``Calibration/cal18`` arrangement (SpaRe's scene folders such
+as ``Amplifier``: :mod:`splatkit.eval.spare`).
 """
 
 from __future__ import annotations
@@ -85,6 +89,40 @@ def _images(scan_dir: Path, light) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def read_projection(calib_dir: Path, idx: int, for_what: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """(K in our pixel convention for a 1600x1200 image, OpenCV camera-to-world) of 0-based DTU
+    view ``idx`` from ``calib_dir/pos_{idx+1:03d}.txt``."""
+    pos = Path(calib_dir) / f"pos_{idx + 1:03d}.txt"
+    if not pos.is_file():
+        raise DataError(f"calibration file is missing{for_what}", pos)
+    try:
+        P = np.loadtxt(pos, dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"cannot parse projection matrix ({str(exc).splitlines()[0][:120]})", pos)
+    return decompose_projection(P, "projection matrix", pos)
+
+
+def view_specs(scan_dir: Path, calib_dir: Path, light=DEFAULT_LIGHT, ids=None) -> list[ViewSpec]:
+    """One :class:`ViewSpec` per image of ``scan_dir`` in lighting ``light`` (all of them, or the
+    0-based view ``ids`` asked for, in that order), posed from ``calib_dir/pos_XXX.txt``."""
+    found = _images(Path(scan_dir), light)
+    if ids is None:
+        chosen = found
+    else:
+        missing = [int(i) for i in ids if int(i) not in found]
+        if missing:
+            names = ", ".join(f"rect_{i + 1:03d}_{light}_r5000.png or cam_{i + 1:03d}_{light}_0000.png"
+                              for i in missing[:3])
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise DataError(f"no image for view id(s) {missing} (expected {names}{more})", scan_dir)
+        chosen = {int(i): found[int(i)] for i in ids}
+    views = []
+    for idx, path in chosen.items():
+        K, c2w = read_projection(calib_dir, idx, for_what=f" for image {path.name}")
+        views.append(ViewSpec(image_path=path, K=K, c2w=c2w, id=idx, size=FULL_SIZE))
+    return views
+
+
 def read(root: Path, downscale: int = 1, scan: int | None = None, light=DEFAULT_LIGHT) -> Scene:
     root = Path(root)
     base, scan_dir = _layout(root)
@@ -106,17 +144,7 @@ def read(root: Path, downscale: int = 1, scan: int | None = None, light=DEFAULT_
     scan_no = int(_SCAN.fullmatch(scan_dir.name).group(1))
     calib = base / "Calibration" / "cal18"
 
-    views = []
-    for idx, path in _images(scan_dir, light).items():
-        pos = calib / f"pos_{idx + 1:03d}.txt"
-        if not pos.is_file():
-            raise DataError(f"calibration file is missing for image {path.name}", pos)
-        try:
-            P = np.loadtxt(pos, dtype=np.float64)
-        except ValueError as exc:
-            raise DataError(f"cannot parse projection matrix ({str(exc).splitlines()[0][:120]})", pos)
-        K, c2w = decompose_projection(P, "projection matrix", pos)
-        views.append(ViewSpec(image_path=path, K=K, c2w=c2w, id=idx, size=FULL_SIZE))
+    views = view_specs(scan_dir, calib, light)
 
     # The IDR masks RegNeRF evaluates with, or the shared mask/ folder beside the images.
     mask_dirs = [base / sub / f"scan{scan_no}" / leaf

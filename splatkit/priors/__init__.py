@@ -1,0 +1,6 @@
+"""Sparse-view priors: depth sources (files, monocular estimators) and the regularisers that use them.
+
+Importing this package registers its regularisers with :mod:`splatkit.train.regularizers`.
+"""
+
+from splatkit.priors import depth_losses  # noqa: F401  (registers the depth regularisers)
