@@ -169,6 +169,35 @@ def test_export_trained_run_in_original_frame(run_dir, scene_dir, tmp_path):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt,name,tol", [("ply", "m.ply", 1e-3), ("spz", "m.spz", 1.5),
+                                           ("ply-compressed", "m.compressed.ply", 1.5), ("splat", "m.splat", 3.0)])
+def test_eval_splats_scores_the_exported_file(run_dir, tmp_path, capsys, fmt, name, tol):
+    """The file is decoded back into the run's frame: a lossless PLY scores what the checkpoint
+    scores, the quantised formats close to it."""
+    out = tmp_path / name
+    assert main(["export", "--run", str(run_dir), "--format", fmt, "--out", str(out)]) == 0
+    assert f"{fmt}: " in capsys.readouterr().out  # what the format drops is printed
+    assert main(["eval", "--run", str(run_dir), "--splats", str(out)]) == 0
+    report = json.loads((run_dir / f"metrics_{name.replace('.', '_')}.json").read_text())
+    assert report["splats_file"] == str(out.resolve())
+    ref = json.loads((run_dir / "train_summary.json").read_text())["mean"]
+    assert report["mean"]["psnr"] == pytest.approx(ref["psnr"], abs=tol)
+    assert report["mean"]["masked_psnr"] == pytest.approx(ref["masked_psnr"], abs=tol)
+
+
+def test_normalization_inverse_round_trip():
+    from splatkit.data.scene import Normalization
+
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))
+    norm = Normalization(center=rng.normal(size=3), scale=2.5, rotation=q)
+    pts = rng.normal(size=(10, 3))
+    inv = norm.inverse()
+    np.testing.assert_allclose(inv.from_original(norm.from_original(pts)), pts, atol=1e-12)
+    np.testing.assert_allclose(inv.matrix, norm.inverse_matrix, atol=1e-12)
+
+
 # -- bad inputs -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cmd", ["render", "eval", "export"])
 def test_missing_run_folder_exits_2(cmd, tmp_path, capsys):

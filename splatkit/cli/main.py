@@ -15,13 +15,9 @@ from typing import Annotated, Literal, Optional, Union
 
 import tyro
 
-from splatkit.errors import NotBuiltError, SplatkitError
+from splatkit.errors import SplatkitError
 
 EXIT_USAGE = 2
-
-
-def _not_built(name: str, issue: str) -> None:
-    raise NotBuiltError(f"'splatkit {name}' is not built yet ({issue}).")
 
 
 @dataclass
@@ -121,6 +117,16 @@ class Train:
     background: Optional[Literal["black", "white", "random"]] = None
     init: Optional[Literal["auto", "sfm", "random"]] = None
     init_num_points: Optional[int] = None
+    depth_prior: Optional[str] = None
+    """Depth prior for the depth losses: none, files (depth/<image stem>.npy|png|pfm) or a depth model
+    (depth-anything-v2-small, dpt-hybrid-midas, a Hugging Face id or a local folder; offline)."""
+    depth_prior_kind: Optional[Literal["depth", "inverse"]] = None
+    """What depth files hold: depth (default) or inverse depth / disparity."""
+    depth_prior_dir: Optional[Path] = None
+    """Folder of depth-prior files (default: DATA/depth)."""
+    regularizers: Optional[str] = None
+    """Regularisers, comma separated, replacing the preset's: depth_ranking, depth_continuity,
+    depth_pearson, depth_patch, dropout."""
     use_masks: tyro.conf.FlagCreatePairsOff[bool] = False
     """Supervise the rendered alpha with the dataset's masks (turn off a preset's with --set use_masks=false)."""
     mask_weight: Optional[float] = None
@@ -139,7 +145,9 @@ class Train:
         overrides = {k: getattr(self, k) for k in (
             "data", "downscale", "steps", "out", "seed", "device", "backend", "batch_size", "sh_degree",
             "background", "init", "init_num_points", "mask_weight", "checkpoint_every", "log_every",
-            "preview_every") if getattr(self, k) is not None}
+            "preview_every", "depth_prior", "depth_prior_kind", "depth_prior_dir") if getattr(self, k) is not None}
+        if self.regularizers is not None:
+            overrides["regularizers"] = [r for r in self.regularizers.replace(",", " ").split() if r]
         if self.use_masks:
             overrides["use_masks"] = True
         for flag, key in (("--train-views", "train_views"), ("--test-views", "test_views")):
@@ -205,26 +213,30 @@ class Eval:
     split: Literal["test", "train"] = "test"
     checkpoint: Optional[Path] = None
     """Checkpoint file (default: the run's latest)."""
+    splats: Optional[Path] = None
+    """Score the model decoded from this exported file (.ply, .compressed.ply, .splat, .spz) instead
+    of the checkpoint (report in RUN/metrics_<file>.json)."""
     batch_size: int = 4
 
     def run(self) -> None:
         from splatkit.eval.evaluate import evaluate_run, print_report
 
         report = evaluate_run(self.run_dir, split=self.split, checkpoint=self.checkpoint,
-                              json_path=self.json, batch_size=self.batch_size)
+                              json_path=self.json, batch_size=self.batch_size, splats=self.splats)
         print_report(report)
 
 
 @dataclass
 class Export:
-    """Export a trained run as a standard 3DGS PLY in the dataset's original world frame."""
+    """Export a trained run for splat viewers, in the dataset's original world frame: standard 3DGS
+    PLY, antimatter15 .splat, PlayCanvas/SuperSplat compressed PLY or Niantic .spz."""
 
     run_dir: Annotated[Path, tyro.conf.arg(name="run")]
     """Run folder written by 'splatkit train'."""
     format: str = "ply"
-    """ply (splat, ply-compressed, spz and skz are planned)."""
+    """ply, splat, ply-compressed or spz."""
     out: Optional[Path] = None
-    """Output file (default RUN/export/splats.ply)."""
+    """Output file (default RUN/export/splats.<ext>: .ply, .splat, .compressed.ply, .spz)."""
     checkpoint: Optional[Path] = None
     """Checkpoint file (default: the run's latest)."""
 
@@ -235,16 +247,57 @@ class Export:
         res = export_run(self.run_dir, self.format, out=self.out, checkpoint=self.checkpoint)
         dropped = f", left out {res.num_dropped} with non-finite values" if res.num_dropped else ""
         print(f"wrote {res.num_written} Gaussians (SH degree {res.sh_degree}{dropped}) to {res.path}")
+        print(f"{res.format}: {res.notes}")
 
 
 @dataclass
 class Benchmark:
-    """Run a benchmark suite (DTU, SpaRe, LLFF, synthetic)."""
+    """Train, render and score every scene of a sparse-view suite with the published protocol
+    (DTU / LLFF / SpaRe, or our generated synthetic DTU-like scenes); writes OUT/results.json,
+    OUT/results.md (mean ± std over seeds) and side-by-side pictures in OUT/images."""
 
-    suite: str = "synthetic"
+    suite: Literal["dtu", "spare", "llff", "synthetic"] = "synthetic"
+    root: Optional[Path] = None
+    """Dataset folder (dtu: holds scan{N}/ or Rectified/; llff: holds fern/ ...; spare: the dataset).
+    Synthetic: where the generated scenes go (default OUT/scenes)."""
+    views: int = 3
+    """Training views: 3, 6 or 9 (DTU/LLFF/synthetic); SpaRe takes them from its split file."""
+    scans: Optional[str] = None
+    """Scenes to run, comma separated (DTU scan numbers, LLFF scene names, SpaRe scene names,
+    synthetic object seeds); default: every protocol scene found."""
+    seeds: int = 1
+    """Training seeds per scene and method (tables report mean ± std over seeds)."""
+    methods: str = "default,sparse"
+    """Presets to compare, comma separated (configs/NAME.json)."""
+    steps: Optional[int] = None
+    """Training steps for every method (default: each preset's own)."""
+    depth_prior: Optional[str] = None
+    """Depth prior for methods with depth losses: files or a depth model (synthetic: its degraded
+    priors by default)."""
+    split_file: Optional[Path] = None
+    """SpaRe split file (Track1_split_development.json, ...)."""
+    out: Path = Path("outputs/benchmark")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quiet: tyro.conf.FlagCreatePairsOff[bool] = False
+    set: list[str] = field(default_factory=list)
+    """Config values for every run, KEY=VALUE."""
 
     def run(self) -> None:
-        _not_built("benchmark", "sparse-view protocol, issue #4")
+        from splatkit.eval.benchmark import BenchmarkSpec, run_benchmark
+        from splatkit.train.config import parse_set_overrides
+
+        def names(text):
+            return None if text is None else [t for t in text.replace(",", " ").split() if t]
+
+        out = self.out / f"{self.suite}-{self.views}view" if self.out == Path("outputs/benchmark") else self.out
+        spec = BenchmarkSpec(suite=self.suite, out=out, root=self.root, views=self.views,
+                             scans=names(self.scans), seeds=self.seeds, methods=names(self.methods) or [],
+                             steps=self.steps, depth_prior=self.depth_prior,
+                             overrides=parse_set_overrides(self.set), split_file=self.split_file,
+                             device=self.device, quiet=self.quiet)
+        result = run_benchmark(spec)
+        print(result["markdown"])
+        print(f"wrote {spec.out / 'results.json'} and {spec.out / 'results.md'}")
 
 
 @dataclass

@@ -45,6 +45,13 @@ class Normalization:
         pts = np.asarray(points, dtype=np.float64)
         return self.scale * (pts - np.asarray(self.center)) @ self.rotation.T
 
+    def inverse(self) -> "Normalization":
+        """The similarity that undoes this one (``user -> ours`` becomes ``ours -> user``):
+        ``x_user = (1/s) R^T x_ours + c = (1/s) R^T (x_ours + s R c)``."""
+        R = np.asarray(self.rotation, dtype=np.float64)
+        return Normalization(center=-self.scale * R @ np.asarray(self.center, dtype=np.float64),
+                             scale=1.0 / self.scale, rotation=R.T.copy())
+
     def to_dict(self) -> dict:
         return {"center": np.asarray(self.center).tolist(), "scale": float(self.scale),
                 "rotation": np.asarray(self.rotation).tolist()}

@@ -71,10 +71,12 @@ def _or_none(fn, *args):
 
 
 def evaluate_run(run_dir, split: str = "test", checkpoint=None, json_path: Optional[str | Path] = None,
-                 batch_size: int = 4, device: Optional[str] = None) -> dict:
-    """Render the run's ``split`` views, score them and write the report (default ``RUN/metrics.json``).
+                 batch_size: int = 4, device: Optional[str] = None, splats: Optional[str | Path] = None) -> dict:
+    """Render the run's ``split`` views, score them and write the report (default ``RUN/metrics.json``,
+    or ``RUN/metrics_<file name>.json`` with ``splats``).
 
-    Returns the report dict (also what is written)."""
+    ``splats``: score the model decoded from this exported file (ply, compressed ply, splat, spz)
+    instead of the checkpoint's. Returns the report dict (also what is written)."""
     import splatkit
     from splatkit.render.video import render_views, settings_for
     from splatkit.train.run import Run
@@ -83,6 +85,11 @@ def evaluate_run(run_dir, split: str = "test", checkpoint=None, json_path: Optio
     run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
     ckpt_path = run.checkpoint(checkpoint)
     model, payload = run.load_model(ckpt_path)
+    if splats is not None:
+        from splatkit.export import model_from_splats_file
+        from splatkit.models.gaussians import checkpoint_normalization
+
+        model = model_from_splats_file(splats, checkpoint_normalization(payload))
     scene, ids, positions = run.views(split)
     settings = settings_for(run.config, batch_size, device)
     bg = settings.background.astype(np.float32)
@@ -110,6 +117,8 @@ def evaluate_run(run_dir, split: str = "test", checkpoint=None, json_path: Optio
         "splatkit_version": splatkit.__version__,
         "run": str(run.path),
         "checkpoint": str(ckpt_path),
+        "splats_file": None if splats is None else str(Path(splats).resolve()),
+        "num_gaussians": int(model.num_gaussians),
         "step": int(payload.get("step", -1)),
         "split": split,
         "num_views": len(views),
@@ -121,7 +130,12 @@ def evaluate_run(run_dir, split: str = "test", checkpoint=None, json_path: Optio
         "mean": means,
         "views": views,
     }
-    out = Path(json_path) if json_path is not None else run.metrics_path
+    if json_path is not None:
+        out = Path(json_path)
+    elif splats is not None:
+        out = run.path / f"metrics_{Path(splats).name.replace('.', '_')}.json"
+    else:
+        out = run.metrics_path
     write_text_atomic(out, json.dumps(report, indent=2, allow_nan=False) + "\n")
     report["json_path"] = str(out)
     return report
