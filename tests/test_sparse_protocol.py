@@ -1,6 +1,7 @@
 """The split files against the published protocol ids, and the benchmark's averaging arithmetic."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,50 @@ def test_aggregate_ignores_a_seed_missing_a_scene():
     recs = [_rec("a", "m", 0, 20.0), _rec("b", "m", 0, 22.0), _rec("a", "m", 1, 30.0)]
     agg = aggregate(recs, ["m"])
     assert agg["methods"]["m"]["masked_psnr"] == {"mean": 21.0, "std": 0.0, "seeds": 1}
+
+
+def test_benchmark_synthetic_suite_end_to_end(tmp_path):
+    """``splatkit benchmark --suite synthetic`` on a tiny scene: both methods train on the DTU ids,
+    the depth-prior method reads the degraded inverse-depth priors, results and pictures are written."""
+    import numpy as np
+
+    from splatkit.cli.main import main
+    from splatkit.data.depth_io import read_depth_file
+
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--suite", "synthetic", "--scans", "1", "--views", "3", "--size", "48x36",
+                 "--steps", "4", "--methods", "default,sparse", "--out", str(out), "--root", str(tmp_path / "s"),
+                 "--quiet", "--set", "init_num_points=300", "checkpoint_every=0", "preview_every=0"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert [(r["scene"], r["method"]) for r in result["runs"]] == [("object1", "default"), ("object1", "sparse")]
+    proto = dtu_protocol()
+    for r in result["runs"]:
+        split = json.loads((Path(r["run"]) / "split.json").read_text())
+        assert split == {"train": [25, 22, 28], "test": proto.test_views()}
+        assert r["mean"]["masked_psnr"] > 5 and len(r["images"]) == 3
+        assert all(Path(p).is_file() for p in r["images"])
+    cfg_default = json.loads((Path(result["runs"][0]["run"]) / "config.json").read_text())
+    cfg_sparse = json.loads((Path(result["runs"][1]["run"]) / "config.json").read_text())
+    assert cfg_default["depth_prior"] == "none"
+    assert cfg_sparse["depth_prior"] == "files" and cfg_sparse["depth_prior_kind"] == "inverse"
+    log = [json.loads(line) for line in (Path(result["runs"][1]["run"]) / "train_log.jsonl").read_text().splitlines()]
+    assert "depth_ranking" in log[-1] and "depth_continuity" in log[-1]
+    # The priors are monocular-like: inverse depth, so nearer surfaces have larger values.
+    scene = tmp_path / "s" / "object1_48x36"
+    gt = np.load(scene / "depth" / "000025.npy")
+    prior = read_depth_file(scene / "depth_prior" / "000025.png")
+    near, far = gt == gt[gt > 0].min(), gt == gt.max()
+    assert prior[near].mean() > prior[far].mean()
+    md = (out / "results.md").read_text()
+    assert "| `default` |" in md and "| `sparse` |" in md
+
+
+def test_depth_losses_without_a_prior_are_left_out_with_a_warning():
+    from splatkit.train.config import resolve_config
+    from splatkit.train.regularizers import regularizer_names
+
+    with pytest.warns(UserWarning, match="depth losses depth_ranking, depth_continuity are off"):
+        names = regularizer_names(resolve_config({}, preset="sparse"))
+    assert names == ["dropout"]
+    with pytest.warns(UserWarning, match="not used"):
+        assert regularizer_names(resolve_config({"depth_prior": "files"})) == []

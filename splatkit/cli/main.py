@@ -250,6 +250,14 @@ class Export:
         print(f"{res.format}: {res.notes}")
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``"200x150"`` -> ``(200, 150)``."""
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.strip().isdigit() or not h.strip().isdigit() or int(w) < 8 or int(h) < 8:
+        raise SplatkitError(f"--size takes WIDTHxHEIGHT like 200x150 (at least 8x8), got {text!r}")
+    return int(w), int(h)
+
+
 @dataclass
 class Benchmark:
     """Train, render and score every scene of a sparse-view suite with the published protocol
@@ -276,6 +284,8 @@ class Benchmark:
     priors by default)."""
     split_file: Optional[Path] = None
     """SpaRe split file (Track1_split_development.json, ...)."""
+    size: str = "200x150"
+    """Synthetic suite: image size WxH of the generated scenes."""
     out: Path = Path("outputs/benchmark")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     quiet: tyro.conf.FlagCreatePairsOff[bool] = False
@@ -294,7 +304,7 @@ class Benchmark:
                              scans=names(self.scans), seeds=self.seeds, methods=names(self.methods) or [],
                              steps=self.steps, depth_prior=self.depth_prior,
                              overrides=parse_set_overrides(self.set), split_file=self.split_file,
-                             device=self.device, quiet=self.quiet)
+                             device=self.device, quiet=self.quiet, synthetic_size=parse_size(self.size))
         result = run_benchmark(spec)
         print(result["markdown"])
         print(f"wrote {spec.out / 'results.json'} and {spec.out / 'results.md'}")

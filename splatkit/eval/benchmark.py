@@ -70,6 +70,7 @@ class BenchmarkSpec:
     depth_prior: Optional[str] = None
     overrides: dict[str, Any] = field(default_factory=dict)
     split_file: Optional[Path] = None  # SpaRe
+    synthetic_size: tuple[int, int] = SYNTHETIC_SIZE
     device: str = "auto"
     quiet: bool = False
 
@@ -203,7 +204,7 @@ def suite_cases(spec: BenchmarkSpec) -> list[BenchCase]:
         raise SplatkitError(f"unknown suite {spec.suite!r} (choose from {', '.join(SUITES)})")
     if spec.suite == "synthetic":
         root = spec.root if spec.root is not None else spec.out / "scenes"
-        return synthetic_cases(Path(root), spec.scans, spec.views)
+        return synthetic_cases(Path(root), spec.scans, spec.views, spec.synthetic_size)
     if spec.root is None:
         raise SplatkitError(f"--suite {spec.suite} needs --root (the dataset folder)")
     root = Path(spec.root)
