@@ -4,7 +4,6 @@ independent readers (numpy, plyfile, gsply) see them, bad files, export_run and 
 from __future__ import annotations
 
 import gzip
-import json
 import struct
 import subprocess
 import sys
@@ -15,15 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-import splatkit
 from splatkit.data.scene import Normalization
 from splatkit.errors import SplatkitError
 from splatkit.export import (DEFAULT_NAMES, check_format, export_run, read_ply_compressed, read_splat,
                              read_splats_file, read_spz, write_ply, write_ply_compressed, write_splat, write_splats,
                              write_spz)
 from splatkit.export.spz import rdf_rub_sh_signs
-from splatkit.models.gaussians import GaussianModel
-from splatkit.train.config import TrainConfig
 
 SH_C0 = 0.28209479177387814
 N = 600  # three chunks of the compressed PLY, the last one partial (88)
@@ -481,17 +477,10 @@ NORM = Normalization(center=np.array([1.5, -2.0, 3.25]), scale=0.25)  # identity
 
 
 def make_run(root: Path, splats: dict, degree: int = DEGREE) -> Path:
-    """A run folder by the trainer's contract: config.json, split.json, one checkpoint."""
-    run = root / "run"
-    run.mkdir(parents=True)
-    cfg = TrainConfig(data=root / "scene", sh_degree=degree).to_dict()
-    cfg["splatkit_version"] = splatkit.__version__
-    (run / "config.json").write_text(json.dumps(cfg))
-    (run / "split.json").write_text(json.dumps({"train": [1, 2, 3], "test": [0]}))
-    model_splats = {k: v.float() for k, v in splats.items()}
-    GaussianModel(model_splats, degree).save_checkpoint(run / "checkpoints" / "ckpt_000010.pt", 10,
-                                                        normalization=NORM.to_dict())
-    return run
+    """A run folder by the trainer's contract (the PLY tests' helper, with this file's frame)."""
+    from test_export_ply import make_run as make_ply_run  # pytest puts tests/ on sys.path
+
+    return make_ply_run(root, {k: v.float() for k, v in splats.items()}, degree, norm=NORM)
 
 
 def test_export_run_every_format_to_its_default_name_in_the_user_frame(tmp_path):
