@@ -11,7 +11,7 @@ Runs ``splatkit benchmark`` (the same code as the CLI) for:
 Every method trains the same number of steps (``--steps``). Finished runs are reused, so an
 interrupted measurement continues where it stopped.
 
-    .venv/bin/python scripts/bench_sparse.py [--steps 600] [--write]
+    .venv/bin/python scripts/bench_sparse.py [--steps 600] [--parts synthetic3,synthetic9,dtu3,dtu9] [--write]
 """
 
 from __future__ import annotations
@@ -33,19 +33,22 @@ PUBLISHED = ("Published DTU 3-view masked PSNR (15 test scans, for orientation o
              "9-view CoR-GS 27.18.")
 
 
-def _runs(steps: int, out: Path):
-    scenes = out / "scenes"
-    yield ("Synthetic suite, 3 views", f"splatkit benchmark --suite synthetic --views 3 --seeds 2 "
+PARTS = ("synthetic3", "synthetic9", "dtu3", "dtu9")
+
+
+def _runs(steps: int, out: Path, scenes: Path):
+    """``(part, title, equivalent command, spec)`` for every measurement."""
+    yield ("synthetic3", "Synthetic suite, 3 views", f"splatkit benchmark --suite synthetic --views 3 --seeds 2 "
            f"--methods default,sparse --steps {steps}",
            BenchmarkSpec(suite="synthetic", out=out / "synthetic-3view", root=scenes, views=3, seeds=2,
                          methods=["default", "sparse"], steps=steps, quiet=True))
-    yield ("Synthetic suite, 9 views", f"splatkit benchmark --suite synthetic --views 9 --seeds 2 "
+    yield ("synthetic9", "Synthetic suite, 9 views", f"splatkit benchmark --suite synthetic --views 9 --seeds 2 "
            f"--methods default,sparse9 --steps {steps}",
            BenchmarkSpec(suite="synthetic", out=out / "synthetic-9view", root=scenes, views=9, seeds=2,
                          methods=["default", "sparse9"], steps=steps, quiet=True))
     if (SHARED_DTU / "dtu_scan65").is_dir():
         for views, method in ((3, "sparse"), (9, "sparse9")):
-            yield (f"Real DTU scan 65, {views} views", f"splatkit benchmark --suite dtu --root ../shared/data "
+            yield (f"dtu{views}", f"Real DTU scan 65, {views} views", f"splatkit benchmark --suite dtu --root ../shared/data "
                    f"--scans 65 --views {views} --methods default,{method} --steps {steps}",
                    BenchmarkSpec(suite="dtu", out=out / f"dtu65-{views}view", root=SHARED_DTU, scans=["65"],
                                  views=views, seeds=1, methods=["default", method], steps=steps, quiet=True))
@@ -61,8 +64,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench")
+    parser.add_argument("--scenes", type=Path, default=None, help="synthetic scenes folder (default OUT/scenes)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"which measurements ({', '.join(PARTS)})")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
+    parts_wanted = [p for p in args.parts.split(",") if p]
+    unknown = sorted(set(parts_wanted) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
 
     load = load_average()
     parts = [f"""## Sparse views: presets against plain 3DGS
@@ -77,7 +86,10 @@ estimate (inverse depth, random monotone warp, unknown scale and shift, blur, no
 depth files and no depth model can be downloaded here, so there the presets run without their depth
 losses (dropout, initialisation and schedule only).
 """]
-    for title, command, spec in _runs(args.steps, args.out):
+    for part, title, command, spec in _runs(args.steps, args.out, args.scenes or args.out / "scenes"):
+        if part not in parts_wanted:
+            parts.append(f"### {title}\n\nNot measured in this run of the script (`--parts {args.parts}`).\n")
+            continue
         result = run_benchmark(spec)
         base, method = spec.methods
         parts.append(f"### {title}\n\n`{command}`: `{method}` vs `{base}`: "
