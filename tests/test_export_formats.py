@@ -488,8 +488,9 @@ def test_export_run_every_format_to_its_default_name_in_the_user_frame(tmp_path)
     splats["means"] *= 0.1  # inside the normalised unit-ish box, as a trained model is
     run = make_run(tmp_path, splats)
     want_means = splats["means"].float().double().numpy() / NORM.scale + NORM.center
-    tolerance = {"ply": 1e-5, "splat": 1e-5, "ply-compressed": 1e-2, "spz": 0.5 / 4096 + 1e-5}
-    for fmt in ("ply", "splat", "ply-compressed", "spz"):
+    # skz: fp16 of the normalised positions over their half-extent (~2.4e-4 of it), then / NORM.scale.
+    tolerance = {"ply": 1e-5, "splat": 1e-5, "ply-compressed": 1e-2, "spz": 0.5 / 4096 + 1e-5, "skz": 2e-3}
+    for fmt in ("ply", "splat", "ply-compressed", "spz", "skz"):
         res = export_run(run, fmt)
         assert res.path == run / "export" / DEFAULT_NAMES[fmt] and res.path.is_file()
         assert res.num_written == 300 and res.notes
@@ -511,6 +512,7 @@ def test_export_run_checks_the_extension_and_planned_formats(tmp_path):
         assert not (tmp_path / name).exists()
     res = export_run(run, "ply-compressed", out=tmp_path / "plain-name.ply")
     assert read_splats_file(res.path)[1] == DEGREE  # found compressed by content, not by name
-    with pytest.raises(SplatkitError, match="'skz' is not supported yet"):
-        check_format("skz")
+    assert check_format("SKZ") == "skz"
+    with pytest.raises(SplatkitError, match="must end in .skz"):
+        export_run(run, "skz", out=tmp_path / "a.ply")
     assert write_splats(tmp_path / "w.spz", "SPZ", random_splats(n=4), DEGREE).format == "spz"

@@ -246,12 +246,12 @@ def test_checkpoint_from_another_version_exits_2(tmp_path, capsys):
     assert not (tmp_path / "a.ply").exists()
 
 
-@pytest.mark.parametrize("fmt", ["skz"])
-def test_planned_formats_exit_2_not_supported_yet(tmp_path, capsys, fmt):
+def test_unknown_format_exits_2_naming_the_available_ones(tmp_path, capsys):
     run = make_run(tmp_path, random_splats())
-    assert main(["export", "--run", str(run), "--format", fmt, "--out", str(tmp_path / "a.x")]) == 2
+    assert main(["export", "--run", str(run), "--format", "obj", "--out", str(tmp_path / "a.x")]) == 2
     err = _one_line_error(capsys)
-    assert f"'{fmt}' is not supported yet" in err
+    assert "unknown export format 'obj'" in err and "skz" in err
+    assert not (tmp_path / "a.x").exists()
 
 
 def test_unknown_format_and_wrong_suffix(tmp_path):

@@ -96,7 +96,7 @@ class Train:
     downscale: Optional[int] = None
     """Integer image downscale factor."""
     preset: Optional[str] = None
-    """Preset name in configs/ (default, fast) or a path to a .json file."""
+    """Preset name in configs/ (default, fast, sparse, compact) or a path to a .json file."""
     steps: Optional[int] = None
     out: Optional[Path] = None
     """Run folder (default: outputs/<scene>/<method>/<timestamp>); the run to continue with --resume."""
@@ -214,8 +214,8 @@ class Eval:
     checkpoint: Optional[Path] = None
     """Checkpoint file (default: the run's latest)."""
     splats: Optional[Path] = None
-    """Score the model decoded from this exported file (.ply, .compressed.ply, .splat, .spz) instead
-    of the checkpoint (report in RUN/metrics_<file>.json)."""
+    """Score the model decoded from this exported file (.ply, .compressed.ply, .splat, .spz, .skz with
+    its colour field) instead of the checkpoint (report in RUN/metrics_<file>.json)."""
     batch_size: int = 4
 
     def run(self) -> None:
@@ -229,25 +229,35 @@ class Eval:
 @dataclass
 class Export:
     """Export a trained run for splat viewers, in the dataset's original world frame: standard 3DGS
-    PLY, antimatter15 .splat, PlayCanvas/SuperSplat compressed PLY or Niantic .spz."""
+    PLY, antimatter15 .splat, PlayCanvas/SuperSplat compressed PLY, Niantic .spz, or splatkit's
+    compact .skz (R-VQ codes and the colour field of Compact-3DGS runs). A run's colour field is
+    baked to SH for every format but skz; the PSNR that costs on the test views is printed."""
 
     run_dir: Annotated[Path, tyro.conf.arg(name="run")]
     """Run folder written by 'splatkit train'."""
     format: str = "ply"
-    """ply, splat, ply-compressed or spz."""
+    """ply, splat, ply-compressed, spz or skz."""
     out: Optional[Path] = None
-    """Output file (default RUN/export/splats.<ext>: .ply, .splat, .compressed.ply, .spz)."""
+    """Output file (default RUN/export/splats.<ext>: .ply, .splat, .compressed.ply, .spz, .skz)."""
     checkpoint: Optional[Path] = None
     """Checkpoint file (default: the run's latest)."""
+    bake_report: tyro.conf.FlagCreatePairsOff[bool] = True
+    """After baking a colour field, render the test views with the field and with the baked SH and
+    print the PSNR lost (--no-bake-report skips it; it needs the dataset)."""
 
     def run(self) -> None:
-        from splatkit.export import check_format, export_run
+        from splatkit.export import bake_report, check_format, export_run
 
-        check_format(self.format)
-        res = export_run(self.run_dir, self.format, out=self.out, checkpoint=self.checkpoint)
+        fmt = check_format(self.format)
+        res = export_run(self.run_dir, fmt, out=self.out, checkpoint=self.checkpoint)
         dropped = f", left out {res.num_dropped} with non-finite values" if res.num_dropped else ""
         print(f"wrote {res.num_written} Gaussians (SH degree {res.sh_degree}{dropped}) to {res.path}")
         print(f"{res.format}: {res.notes}")
+        rep = bake_report(self.run_dir, checkpoint=self.checkpoint, fmt=fmt) if fmt != "skz" and self.bake_report else {}
+        if rep:  # the run has a colour field
+            print(f"baking the colour field to SH degree {rep['sh_degree']}: {rep['split']} PSNR "
+                  f"{rep['psnr_field']:.2f} dB with the field, {rep['psnr_baked']:.2f} dB baked "
+                  f"({rep['loss_db']:.2f} dB lost)")
 
 
 def parse_size(text: str) -> tuple[int, int]:

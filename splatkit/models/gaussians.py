@@ -14,20 +14,36 @@ name            shape        stored as
 ``shN``         [N, K-1, 3]  higher SH bands, K = (sh_degree + 1) ** 2
 ==============  ===========  ===========================================
 
+Compact-3DGS training (Lee et al., CVPR 2024; :mod:`splatkit.compress.compact`) adds:
+
+* ``mask`` [N] in ``splats``: learnable mask logits (a Gaussian is on while ``sigmoid > mask_threshold``);
+* ``color_field``: a :class:`~splatkit.models.color_field.ColorField` that colours the Gaussians
+  in :meth:`GaussianModel.render` instead of their SH (``sh0``/``shN`` are then placeholders, and
+  ``sh_degree`` is the degree exports bake the field to, over the hemisphere around ``bake_axis``
+  when the training cameras all lie in one);
+* ``codebooks``: ``{attribute: [S, K, D]}`` R-VQ codebooks the attribute is rendered through.
+
+:meth:`GaussianModel.compacted` turns such a model into what renders, evaluation and exports use:
+masked-out Gaussians removed, coded attributes replaced by their codebook values with the codes in
+``rvq``. :meth:`GaussianModel.load_checkpoint` returns that form unless ``raw=True`` (resuming).
+
 A checkpoint is gsplat's ``{"step": int, "splats": {...}}`` layout plus ``"splatkit"`` metadata
-(format name and version, SH degree, the scene's normalisation) and optional optimiser/strategy
-state for resuming. Files are written atomically.
+(format name and version, SH degree, the scene's normalisation, mask threshold), optional
+``"color_field"`` (``{"config", "state"}``) and ``"codebooks"`` entries, and optional
+optimiser/strategy state for resuming. Files are written atomically.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from splatkit.compress.compact import MASK_THRESHOLD
 from splatkit.errors import SplatkitError
 from splatkit.utils.atomic import atomic_path
 
@@ -45,7 +61,8 @@ def sh0_to_rgb(sh0: torch.Tensor) -> torch.Tensor:
 
 
 class GaussianModel(torch.nn.Module):
-    def __init__(self, splats: dict[str, torch.Tensor], sh_degree: int):
+    def __init__(self, splats: dict[str, torch.Tensor], sh_degree: int,
+                 color_field: Optional[torch.nn.Module] = None):
         super().__init__()
         required = {"means", "scales", "quats", "opacities", "sh0", "shN"}
         missing = required - set(splats)
@@ -58,6 +75,11 @@ class GaussianModel(torch.nn.Module):
         if self.splats["shN"].shape[1] != expected_rest:
             raise SplatkitError(
                 f"shN has {self.splats['shN'].shape[1]} bands-1 coefficients, SH degree {sh_degree} needs {expected_rest}")
+        self.color_field = color_field
+        self.bake_axis: Optional[list[float]] = None  # hemisphere the field is baked over (None: sphere)
+        self.mask_threshold = MASK_THRESHOLD  # the trainer sets the config's value
+        self.codebooks: dict[str, torch.Tensor] = {}  # attribute -> [S, K, D], rendered through R-VQ
+        self.rvq: dict[str, Any] = {}  # attribute -> skz.RVQ codes (compacted models)
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -101,27 +123,70 @@ class GaussianModel(torch.nn.Module):
         return torch.cat([self.splats["sh0"], self.splats["shN"]], dim=1)
 
     def activated(self) -> dict[str, torch.Tensor]:
-        """Parameters as the rasteriser takes them (exp scales, sigmoid opacities)."""
-        return {
+        """Parameters as the rasteriser takes them (exp scales, sigmoid opacities). ``colors``
+        (SH) is absent with a colour field: :meth:`render` computes colours per camera."""
+        out = {
             "means": self.splats["means"],
             "quats": self.splats["quats"],
             "scales": torch.exp(self.splats["scales"]),
             "opacities": torch.sigmoid(self.splats["opacities"]),
-            "colors": self.colors_sh(),
         }
+        if self.color_field is None:
+            out["colors"] = self.colors_sh()
+        return out
 
     def render(self, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
                sh_degree: Optional[int] = None, params: Optional[dict[str, torch.Tensor]] = None, **kwargs):
         """Render with :func:`splatkit.render.rasterization`; returns its ``(renders, alphas, meta)``.
 
         ``params``: activated parameters to render instead of :meth:`activated` (a training step's
-        regularisers may have changed them)."""
+        regularisers may have changed them). Without ``params["colors"]`` the colour field colours
+        the Gaussians as seen from each camera (``sh_degree`` is then unused)."""
         from splatkit.render import rasterization
 
         p = self.activated() if params is None else params
-        degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
-        return rasterization(p["means"], p["quats"], p["scales"], p["opacities"], p["colors"],
+        if "colors" in p:
+            colors = p["colors"]
+            degree = self.sh_degree if sh_degree is None else min(int(sh_degree), self.sh_degree)
+        elif self.color_field is not None:
+            degree = None
+            if kwargs.get("render_mode", "RGB") in ("D", "ED"):  # depth only: colours are not used
+                colors = p["means"].new_zeros(p["means"].shape[0], 3)
+            else:
+                colors = self.color_field.colors_for_cameras(p["means"], torch.linalg.inv(viewmats))
+        else:
+            raise SplatkitError("render params have no colors and the model has no colour field")
+        return rasterization(p["means"], p["quats"], p["scales"], p["opacities"], colors,
                              viewmats, Ks, width, height, sh_degree=degree, **kwargs)
+
+    # -- compact form -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def compacted(self) -> "GaussianModel":
+        """The model renders, evaluation and exports use: Gaussians whose learnable mask is off
+        removed (all kept, with a warning, if none is on), the ``mask`` entry dropped, and every
+        attribute in :attr:`codebooks` replaced by its R-VQ value, its codes in :attr:`rvq`.
+        Shares the colour field. Returns ``self`` when there is nothing to do."""
+        if "mask" not in self.splats and not self.codebooks:
+            return self
+        from splatkit.compress.compact import rvq_decode, rvq_encode, rvq_input
+        from splatkit.compress.skz import RVQ
+
+        p = {k: v.detach() for k, v in self.splats.items()}
+        if "mask" in p:
+            keep = torch.sigmoid(p.pop("mask")) > self.mask_threshold
+            if not bool(keep.any()):
+                warnings.warn("every learnable mask is off; keeping all Gaussians", stacklevel=2)
+            elif not bool(keep.all()):
+                p = {k: v[keep] for k, v in p.items()}
+        codes = {}
+        for name, cb in self.codebooks.items():
+            idx = rvq_encode(rvq_input(name, p[name]), cb.to(p[name].device))
+            p[name] = rvq_decode(cb.to(idx.device, p[name].dtype), idx).reshape(p[name].shape)
+            codes[name] = RVQ(cb.detach().cpu().float().numpy(), idx.cpu().numpy())
+        out = GaussianModel(p, self.sh_degree, color_field=self.color_field)
+        out.mask_threshold, out.bake_axis = self.mask_threshold, self.bake_axis
+        out.rvq = codes
+        return out
 
     # -- checkpoints ----------------------------------------------------------------------------
     def state_for_checkpoint(self) -> dict[str, torch.Tensor]:
@@ -138,8 +203,17 @@ class GaussianModel(torch.nn.Module):
                 "version": CHECKPOINT_VERSION,
                 "sh_degree": self.sh_degree,
                 "normalization": normalization,
+                "mask_threshold": self.mask_threshold,
             },
         }
+        if self.color_field is not None:
+            from splatkit.compress.compact import color_field_to_dict
+
+            payload["color_field"] = {"config": color_field_to_dict(self.color_field),
+                                      "state": {k: v.detach().cpu() for k, v in self.color_field.state_dict().items()},
+                                      "bake_axis": self.bake_axis}
+        if self.codebooks:
+            payload["codebooks"] = {k: v.detach().cpu() for k, v in self.codebooks.items()}
         if extra:
             payload.update(extra)
         with atomic_path(path) as tmp:
@@ -147,8 +221,12 @@ class GaussianModel(torch.nn.Module):
         return Path(path)
 
     @classmethod
-    def load_checkpoint(cls, path: str | Path, map_location="cpu") -> tuple["GaussianModel", dict]:
-        """(model, whole payload). Clear errors for missing, corrupt or foreign files."""
+    def load_checkpoint(cls, path: str | Path, map_location="cpu", raw: bool = False
+                        ) -> tuple["GaussianModel", dict]:
+        """(model, whole payload). Clear errors for missing, corrupt or foreign files.
+
+        The model is :meth:`compacted` (what renders and exports use) unless ``raw``: then it holds
+        the parameters as trained (mask logits, unquantised attributes), for resuming."""
         path = Path(path)
         if not path.is_file():
             raise SplatkitError("checkpoint not found", path)
@@ -163,7 +241,18 @@ class GaussianModel(torch.nn.Module):
             raise SplatkitError(
                 f"checkpoint format version {meta.get('version')} is not supported by this splatkit "
                 f"(reads version {CHECKPOINT_VERSION})", path)
-        return cls(payload["splats"], meta["sh_degree"]).to(map_location), payload
+        field = None
+        if payload.get("color_field") is not None:
+            from splatkit.compress.compact import color_field_from_dict
+
+            cf = payload["color_field"]
+            field = color_field_from_dict(cf["config"], cf["state"])
+        model = cls(payload["splats"], meta["sh_degree"], color_field=field).to(map_location)
+        if field is not None:
+            model.bake_axis = payload["color_field"].get("bake_axis")
+        model.mask_threshold = float(meta.get("mask_threshold", model.mask_threshold))
+        model.codebooks = {k: v.float() for k, v in (payload.get("codebooks") or {}).items()}
+        return (model if raw else model.compacted()), payload
 
 
 def checkpoint_normalization(payload: dict):

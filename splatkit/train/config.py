@@ -28,6 +28,13 @@ REF_STEPS = 30_000
 REF_REFINE_START = 500
 REF_REFINE_STOP = 15_000
 REF_RESET_EVERY = 3_000
+# Compact-3DGS (Lee et al., CVPR 2024, arguments/__init__.py), also of 30k steps: prune masked-out
+# Gaussians every 1000 steps after densification, R-VQ for the last 1000 steps (rvq_iter 29000),
+# colour-field LR warm-up over 100 steps and x0.33 at 5k, 15k and 25k.
+REF_MASK_PRUNE_EVERY = 1_000
+REF_RVQ_STEPS = 1_000
+REF_FIELD_WARMUP = 100
+REF_FIELD_MILESTONES = (5_000, 15_000, 25_000)
 
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -158,6 +165,47 @@ class TrainConfig:
     """After the first opacity reset, prune Gaussians larger than this x scene_scale."""
     absgrad: bool = False
 
+    # -- compact splats (Compact-3DGS, Lee et al. CVPR 2024; values from the authors' code) ---------
+    gaussian_masks: bool = False
+    """Learn one mask per Gaussian: renders multiply scale and opacity by the hard mask
+    ``sigmoid(m) > mask_threshold`` (straight-through gradient), the loss adds ``mask_lambda x
+    mean(sigmoid(m))``, and masked-out Gaussians are pruned (and left out of evaluation/exports)."""
+    mask_lr: float = 0.01
+    mask_lambda: float = 5e-4
+    mask_threshold: float = 0.01
+    mask_prune_every: Optional[int] = None
+    """Prune masked-out Gaussians at every densification step and, once densification has stopped,
+    every this many steps. Default: 1000/30000 of ``steps`` (the authors prune every 1000 steps):
+    often enough that the Gaussians the masks drop stop costing render time soon after."""
+    mask_min_gaussians: int = 1000
+    """Pruning never leaves fewer Gaussians than this (it keeps those with the largest masks and warns)."""
+    color_field: bool = False
+    """Colour the Gaussians with a hash-grid neural field (:class:`splatkit.models.color_field.ColorField`)
+    instead of per-Gaussian SH; exports to formats without a field bake it to SH of ``sh_degree``."""
+    color_field_lr: float = 1e-2
+    color_field_log2_hashmap_size: int = 19
+    """log2 of the hash-table size per level (Compact-3DGS: 19 for real scenes, 16 for NeRF-synthetic)."""
+    color_field_levels: int = 16
+    """Hash-grid levels (base resolution 16, x1.447 per level; fewer levels: coarser and smaller)."""
+    color_field_bound: float = 1.0
+    """Radius (normalised frame, where readers put the object at unit scale) that gets the grid's
+    linear, finest half; space beyond is contracted into the rest (Compact-3DGS: aabb [-1, 1]^3)."""
+    color_field_warmup: Optional[int] = None
+    """Linear LR warm-up from 0.01x. Default: 100/30000 of ``steps``."""
+    color_field_lr_milestones: Optional[list[int]] = None
+    """Steps where the field LR is multiplied by ``color_field_lr_gamma``. Default: 5k, 15k and 25k of 30k, scaled to ``steps``."""
+    color_field_lr_gamma: float = 0.33
+    rvq: bool = False
+    """Residual vector quantisation of ``rvq_attributes`` from step ``rvq_start`` on: renders use the
+    codebook values (learnable codebooks, straight-through to the attributes) and the trained model
+    stores codebooks + indices."""
+    rvq_attributes: list[str] = field(default_factory=lambda: ["scales", "quats"])
+    """Any of scales, quats, shN (shN needs per-Gaussian SH, i.e. no colour field)."""
+    rvq_stages: int = 6
+    rvq_codebook_size: int = 64
+    rvq_start: Optional[int] = None
+    """First R-VQ step. Default: the last 1000/30000 of ``steps``."""
+
     # -- bookkeeping ---------------------------------------------------------------------------
     checkpoint_every: int = 1000
     """Write a checkpoint every this many steps (and always at the end); 0: only at the end."""
@@ -182,6 +230,15 @@ class TrainConfig:
             c.refine_stop_iter = max(1, round(REF_REFINE_STOP * frac))
         if c.reset_every is None:
             c.reset_every = max(1, round(REF_RESET_EVERY * frac))
+        if c.mask_prune_every is None:
+            c.mask_prune_every = max(1, round(REF_MASK_PRUNE_EVERY * frac))
+        if c.rvq_start is None:
+            c.rvq_start = max(0, c.steps - max(1, round(REF_RVQ_STEPS * frac)))
+        if c.color_field_warmup is None:
+            c.color_field_warmup = round(REF_FIELD_WARMUP * frac)
+        if c.color_field_lr_milestones is None:
+            c.color_field_lr_milestones = [max(1, round(m * frac)) for m in REF_FIELD_MILESTONES]
+        _check_compact(c)
         _check_positive(c, ("downscale", "batch_size", "sh_degree_interval", "init_num_points",
                             "refine_every", "reset_every", "log_every", "hold_every", "init_scale"))
         _check_nonnegative(c, ("checkpoint_every", "keep_checkpoints", "preview_every",
@@ -220,6 +277,33 @@ class TrainConfig:
             if d[k] is not None:
                 d[k] = str(d[k])
         return d
+
+
+def _check_compact(c: TrainConfig) -> None:
+    _check_positive(c, ("mask_prune_every", "mask_min_gaussians", "color_field_lr", "color_field_levels",
+                        "color_field_bound", "rvq_stages", "rvq_codebook_size"))
+    _check_nonnegative(c, ("mask_lr", "mask_lambda", "color_field_warmup", "rvq_start"))
+    if not 0 < c.mask_threshold < 1:
+        raise SplatkitError(f"mask_threshold must be in (0, 1), got {c.mask_threshold}")
+    if not 1 <= c.color_field_log2_hashmap_size <= 30:
+        raise SplatkitError(f"color_field_log2_hashmap_size must be in 1..30, got {c.color_field_log2_hashmap_size}")
+    if not 0 < c.color_field_lr_gamma <= 1:
+        raise SplatkitError(f"color_field_lr_gamma must be in (0, 1], got {c.color_field_lr_gamma}")
+    if any(m < 0 for m in c.color_field_lr_milestones):
+        raise SplatkitError(f"color_field_lr_milestones must be steps >= 0, got {c.color_field_lr_milestones}")
+    if c.rvq_codebook_size > 65536:
+        raise SplatkitError(f"rvq_codebook_size must be at most 65536, got {c.rvq_codebook_size}")
+    c.rvq_attributes = list(dict.fromkeys(c.rvq_attributes))
+    codable = ("scales", "quats", "shN")
+    unknown = [a for a in c.rvq_attributes if a not in codable]
+    if unknown:
+        raise SplatkitError(f"rvq_attributes: cannot code {', '.join(unknown)} (choose from {', '.join(codable)})")
+    if c.rvq and not c.rvq_attributes:
+        raise SplatkitError("rvq is on but rvq_attributes is empty")
+    if c.rvq and c.rvq_start >= c.steps:
+        raise SplatkitError(f"rvq_start ({c.rvq_start}) must be below steps ({c.steps}) for R-VQ to run")
+    if c.rvq and "shN" in c.rvq_attributes and (c.color_field or c.sh_degree == 0):
+        raise SplatkitError("rvq_attributes: shN needs per-Gaussian SH of degree >= 1 (no color_field)")
 
 
 def _check_positive(c: TrainConfig, names) -> None:

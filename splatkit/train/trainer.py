@@ -5,6 +5,13 @@ the 3DGS SH-degree schedule, ``(1 - lambda) L1 + lambda D-SSIM``, pluggable regu
 (:mod:`splatkit.train.regularizers`) and ``gsplat.strategy.DefaultStrategy`` densification driven
 by the rasteriser's ``meta``.
 
+Compact-3DGS (Lee et al., CVPR 2024; :mod:`splatkit.compress.compact`), when the config asks:
+learnable per-Gaussian masks (a ``mask`` entry in ``model.splats``, so densification carries it,
+pruned at densification steps and every ``mask_prune_every`` steps after), a hash-grid colour
+field instead of per-Gaussian SH (its own Adam and LR schedule) and R-VQ of scales / rotations
+from ``rvq_start`` on (learnable codebooks, straight-through). Evaluation uses
+``model.compacted()``: masked-out Gaussians removed, coded attributes at their codebook values.
+
 Nothing is lost: checkpoints are atomic and carry optimiser, strategy, regulariser and RNG state
 (torch, numpy, python and the view-sampling generator), so ``--resume`` ends with the same
 parameters as an uninterrupted run with the same seed. Ctrl-C finishes the current step and saves
@@ -21,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +38,7 @@ import numpy as np
 import torch
 
 import splatkit
+from splatkit.compress import compact
 from splatkit.data.scene import Scene
 from splatkit.errors import SplatkitError
 from splatkit.models.gaussians import GaussianModel
@@ -40,7 +49,6 @@ from splatkit.train.regularizers import (Batch, Regularizer, RenderOutputs, Trai
                                          build_regularizers)
 from splatkit.utils.atomic import atomic_path, write_text_atomic
 
-PARAM_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 # 3DGS / gsplat: scene extent = 1.1 x the largest camera distance from the camera centroid.
 SCENE_SCALE_MARGIN = 1.1
 # gsplat simple_trainer's random init: a cube of half-size 3 x scene_scale.
@@ -329,6 +337,9 @@ class Trainer:
         self._t0 = time.time()
         self._elapsed_before = 0.0
         self.train_seconds: Optional[float] = None
+        self.quantizers: dict[str, compact.AttributeQuantizer] = {}
+        self.aux_optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._warned_floor = False
 
     # ==========================================================================================
     # setup
@@ -447,22 +458,62 @@ class Trainer:
                                                torch.from_numpy(np.asarray(cols, dtype=np.float32)),
                                                sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
                                                init_scale=cfg.init_scale).to(self.device)
+        if cfg.gaussian_masks:
+            self.model.splats["mask"] = torch.nn.Parameter(
+                torch.full((self.model.num_gaussians,), compact.MASK_INIT_LOGIT, device=self.device))
+        if cfg.color_field:
+            self.model.color_field = self._new_color_field().to(self.device)
+            self.model.bake_axis = compact.view_hemisphere_axis(ts.cameras.centers)
         return how
+
+    def _new_color_field(self):
+        from splatkit.models.color_field import ColorField, ColorFieldConfig
+        from splatkit.models.hashgrid import HashGridConfig
+
+        cfg = self.config
+        grid = HashGridConfig(n_levels=cfg.color_field_levels, log2_hashmap_size=cfg.color_field_log2_hashmap_size,
+                              seed=cfg.seed)
+        return ColorField(ColorFieldConfig(grid=grid, scene_bound=cfg.color_field_bound))
+
+    def _prepare_compact(self) -> None:
+        """Settings the model and quantizers take from the config, fresh or resumed."""
+        cfg = self.config
+        self.model.mask_threshold = cfg.mask_threshold
+        if self.model.color_field is not None:
+            # The field colours the Gaussians; their SH only hold the initial colours.
+            for name in ("sh0", "shN"):
+                self.model.splats[name].requires_grad_(False)
+        if cfg.rvq:
+            shapes = {k: tuple(v.shape[1:]) for k, v in self.model.splats.items()}
+            self.quantizers = {k: q.to(self.device) for k, q in compact.make_quantizers(
+                cfg.rvq_attributes, shapes, cfg.rvq_stages, cfg.rvq_codebook_size).items()}
 
     def _build_optimizers(self) -> None:
         cfg = self.config
         bs = cfg.batch_size
         lrs = {"means": cfg.means_lr * self.scene_scale, "scales": cfg.scales_lr, "quats": cfg.quats_lr,
-               "opacities": cfg.opacities_lr, "sh0": cfg.sh0_lr, "shN": cfg.shN_lr}
-        # Batch scaling as in gsplat simple_trainer: lr x sqrt(B), eps / sqrt(B), betas^B-ish.
-        self.optimizers = {
-            name: torch.optim.Adam([{"params": self.model.splats[name], "lr": lrs[name] * math.sqrt(bs),
-                                     "name": name}],
-                                   eps=1e-15 / math.sqrt(bs),
-                                   betas=(1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999)))
-            for name in PARAM_NAMES
-        }
+               "opacities": cfg.opacities_lr, "sh0": cfg.sh0_lr, "shN": cfg.shN_lr, "mask": cfg.mask_lr}
+
+        def adam(params, lr: float, name: Optional[str] = None) -> torch.optim.Optimizer:
+            # Batch scaling as in gsplat simple_trainer: lr x sqrt(B), eps / sqrt(B), betas^B-ish.
+            # eps 1e-15 is also Compact-3DGS' choice for its colour field.
+            group = {"params": params, "lr": lr * math.sqrt(bs)}
+            if name is not None:
+                group["name"] = name
+            return torch.optim.Adam([group], eps=1e-15 / math.sqrt(bs),
+                                    betas=(1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999)))
+
+        # Frozen entries (SH under a colour field) have no optimiser; gsplat's strategy expects that.
+        self.optimizers = {name: adam([p], lrs[name], name) for name, p in self.model.splats.items()
+                           if p.requires_grad}
+        self.aux_optimizers = {}
+        if self.model.color_field is not None:
+            self.aux_optimizers["color_field"] = adam(list(self.model.color_field.parameters()), cfg.color_field_lr)
+        for name, q in self.quantizers.items():
+            # A codebook entry stands for many Gaussians' values: it learns at their LR.
+            self.aux_optimizers[f"rvq/{name}"] = adam(list(q.parameters()), lrs[name])
         self._means_lr0 = lrs["means"] * math.sqrt(bs)
+        self._field_lr0 = cfg.color_field_lr * math.sqrt(bs)
 
     def _build_strategy(self) -> None:
         from gsplat.strategy import DefaultStrategy
@@ -510,6 +561,7 @@ class Trainer:
             self._load_training_state(resume_from)
         else:
             self._init_desc = self._init_model()
+            self._prepare_compact()
             self._build_optimizers()
             self._build_strategy()
             self.step = 0
@@ -528,17 +580,36 @@ class Trainer:
         self._trim_log()
 
     def _load_training_state(self, path: Path) -> None:
-        model, payload = GaussianModel.load_checkpoint(path, map_location=self.device)
+        cfg = self.config
+        model, payload = GaussianModel.load_checkpoint(path, map_location=self.device, raw=True)
         state = payload.get("trainer")
         if not isinstance(state, dict):
             raise SplatkitError("checkpoint has no training state to resume from", path)
-        if model.sh_degree != self.config.sh_degree:
+        if model.sh_degree != cfg.sh_degree:
             raise SplatkitError(f"checkpoint has SH degree {model.sh_degree}, the config asks for "
-                                f"{self.config.sh_degree}; the SH degree cannot change on resume", path)
+                                f"{cfg.sh_degree}; the SH degree cannot change on resume", path)
+        if (model.color_field is not None) != cfg.color_field:
+            raise SplatkitError(f"checkpoint {'has' if model.color_field is not None else 'has no'} colour field "
+                                f"but the config has color_field={cfg.color_field}; it cannot change on resume", path)
+        if "mask" in model.splats and not cfg.gaussian_masks:
+            raise SplatkitError("checkpoint has learnable masks but the config has gaussian_masks=false; "
+                                "they cannot be turned off on resume", path)
+        if cfg.gaussian_masks and "mask" not in model.splats:
+            # A checkpoint from before masks were on: every Gaussian starts with the initial mask.
+            model.splats["mask"] = torch.nn.Parameter(
+                torch.full((model.num_gaussians,), compact.MASK_INIT_LOGIT, device=self.device))
         self.model = model
+        self._prepare_compact()
+        for name, q in self.quantizers.items():
+            if name in state.get("quantizers", {}):
+                q.load_state_dict(state["quantizers"][name])
         self._build_optimizers()
         for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
+            if name in state["optimizers"]:  # "mask" is new for checkpoints from before masks
+                opt.load_state_dict(state["optimizers"][name])
+        for name, opt in self.aux_optimizers.items():
+            if name in state.get("aux_optimizers", {}):
+                opt.load_state_dict(state["aux_optimizers"][name])
         self._build_strategy()
         self.strategy_state = _to_device(state["strategy_state"], self.device)
         self.strategy_state["scene_scale"] = self.scene_scale
@@ -598,9 +669,9 @@ class Trainer:
                      masks=masks, depths=depths)
 
     def _render(self, viewmats, Ks, width, height, sh_degree, backgrounds, render_mode="RGB",
-                absgrad=False, params=None):
+                absgrad=False, params=None, model=None):
         cfg = self.config
-        renders, alphas, meta = self.model.render(
+        renders, alphas, meta = (self.model if model is None else model).render(
             viewmats, Ks, width, height, sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
             near_plane=cfg.near_plane, far_plane=cfg.far_plane, absgrad=absgrad, backend=cfg.backend,
             params=params)
@@ -614,7 +685,7 @@ class Trainer:
         bg = self._backgrounds(len(positions))
         batch = self._make_batch(step, positions, bg)
         sh_degree = min(step // cfg.sh_degree_interval, self.model.sh_degree)
-        params = self.model.activated()
+        params = self._compact_params(step, self.model.activated())
         for reg in self.regularizers:
             params = reg.render_params(step, params)
         renders, alphas, meta = self._render(batch.viewmats, batch.Ks, batch.width, batch.height, sh_degree,
@@ -627,6 +698,10 @@ class Trainer:
             self.strategy.step_pre_backward(self.model.splats, self.optimizers, self.strategy_state, step, meta)
 
         loss, terms = photometric_loss(colors, batch.target, cfg.ssim_lambda)
+        if "mask" in self.model.splats:
+            term = compact.mask_loss(self.model.splats["mask"], cfg.mask_lambda)
+            terms["gaussian_mask"] = term.detach()
+            loss = loss + term
         for reg in self.regularizers:
             out = reg.loss(step, batch, outputs)
             items = out.items() if isinstance(out, dict) else [(None, out)]
@@ -643,15 +718,19 @@ class Trainer:
         # 3DGS position LR: exponential decay from means_lr to means_lr_final over the run.
         ratio = cfg.means_lr_final / cfg.means_lr if cfg.means_lr > 0 else 1.0
         self.optimizers["means"].param_groups[0]["lr"] = self._means_lr0 * ratio ** (step / cfg.steps)
+        if "color_field" in self.aux_optimizers:
+            self.aux_optimizers["color_field"].param_groups[0]["lr"] = self._field_lr0 * compact.color_field_lr_factor(
+                step, cfg.color_field_warmup, cfg.color_field_lr_milestones, cfg.color_field_lr_gamma)
 
         self._mutating = True
-        for opt in self.optimizers.values():
+        for opt in (*self.optimizers.values(), *self.aux_optimizers.values()):
             opt.step()
             opt.zero_grad(set_to_none=True)
         if cfg.densify:
             self.strategy.step_post_backward(self.model.splats, self.optimizers, self.strategy_state, step,
                                              meta, packed=False)
             self._opacity_reset(step)
+        self._prune_masked(step)
         self._mutating = False
 
         with torch.no_grad():
@@ -672,8 +751,67 @@ class Trainer:
             reset_opa(params=self.model.splats, optimizers=self.optimizers, state=self.strategy_state,
                       value=cfg.prune_opa * 2.0)
 
+    def _compact_params(self, step: int, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What Compact-3DGS renders in training: R-VQ-coded attributes from ``rvq_start`` on,
+        then scale and opacity times the straight-through hard mask."""
+        splats = self.model.splats
+        out = dict(params)
+        if self.quantizers and step >= self.config.rvq_start:
+            for name, q in self.quantizers.items():
+                coded = q(compact.rvq_input(name, splats[name]))
+                if name == "scales":
+                    out["scales"] = torch.exp(coded)
+                elif name == "quats":
+                    out["quats"] = coded
+                else:  # shN
+                    out["colors"] = torch.cat([splats["sh0"], coded.reshape(splats["shN"].shape)], dim=1)
+        if "mask" in splats:
+            m = compact.straight_through_mask(splats["mask"], self.config.mask_threshold)
+            out["scales"] = out["scales"] * m[:, None]
+            out["opacities"] = out["opacities"] * m
+        return out
+
+    def _prune_masked(self, step: int) -> None:
+        """Remove masked-out Gaussians at densification steps (as Compact-3DGS' densify_and_prune
+        does) and every ``mask_prune_every`` steps once densification has stopped."""
+        from gsplat.strategy.ops import remove
+
+        cfg = self.config
+        if "mask" not in self.model.splats:
+            return
+        if cfg.densify and step < cfg.refine_stop_iter:
+            # gsplat DefaultStrategy's refinement test, so both prune at the same steps.
+            due = (step > cfg.refine_start_iter and step % cfg.refine_every == 0
+                   and step % cfg.reset_every >= cfg.pause_refine_after_reset)
+        else:
+            due = step > 0 and step % cfg.mask_prune_every == 0
+        if not due:
+            return
+        drop, floored = compact.prune_selection(self.model.splats["mask"], cfg.mask_threshold,
+                                                cfg.mask_min_gaussians)
+        if floored and not self._warned_floor:
+            self._warned_floor = True
+            warnings.warn(f"learnable masks turned off nearly every Gaussian at step {step + 1}; keeping the "
+                          f"{cfg.mask_min_gaussians} with the largest masks (mask_min_gaussians). Consider a "
+                          "smaller mask_lambda", stacklevel=2)
+        if bool(drop.any()):
+            remove(params=self.model.splats, optimizers=self.optimizers, state=self.strategy_state, mask=drop)
+
+    def _sync_codebooks(self) -> None:
+        """Put the quantizers' current codebooks on the model (what checkpoints and evaluation use)."""
+        self.model.codebooks = {name: q.codebooks.detach().clone() for name, q in self.quantizers.items()
+                                if q.initialized}
+
+    def eval_model(self) -> GaussianModel:
+        """The model as evaluation and exports see it (:meth:`GaussianModel.compacted`)."""
+        self._sync_codebooks()
+        return self.model.compacted()
+
     def _check_finite(self, step: int) -> None:
-        for name, p in self.model.splats.items():
+        extra = {} if self.model.color_field is None else {
+            f"color_field.{k}": v for k, v in self.model.color_field.named_parameters()}
+        extra.update({f"rvq/{k}": q.codebooks for k, q in self.quantizers.items()})
+        for name, p in (*self.model.splats.items(), *extra.items()):
             if not bool(torch.isfinite(p).all()):
                 raise _Diverged(f"parameter {name!r} became non-finite at step {step}")
 
@@ -696,9 +834,12 @@ class Trainer:
     def save_checkpoint(self, rng: Optional[dict] = None) -> Path:
         """Write ``checkpoints/ckpt_{step}.pt`` (atomically) and drop old ones beyond ``keep_checkpoints``."""
         self._check_finite(self.step)  # never write NaNs over a good checkpoint
+        self._sync_codebooks()
         path = self.run.checkpoint_dir / runfiles.checkpoint_name(self.step)
         state = {
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "aux_optimizers": {k: o.state_dict() for k, o in self.aux_optimizers.items()},
+            "quantizers": {k: _to_cpu(q.state_dict()) for k, q in self.quantizers.items()},
             "strategy_state": _to_cpu(self.strategy_state),
             "rng": rng if rng is not None else self._rng_state(),
             "regularizers": {r.name: r.state_dict() for r in self.regularizers},
@@ -718,12 +859,14 @@ class Trainer:
     # evaluation and previews
     # ==========================================================================================
     @torch.no_grad()
-    def render_view(self, scene: Scene, index: int) -> np.ndarray:
-        """Render view ``index`` of ``scene`` with the current model: float32 [H, W, 3] in [0, 1]."""
+    def render_view(self, scene: Scene, index: int, model: Optional[GaussianModel] = None) -> np.ndarray:
+        """Render view ``index`` of ``scene`` with ``model`` (default: :meth:`eval_model`):
+        float32 [H, W, 3] in [0, 1]."""
+        model = self.eval_model() if model is None else model
         cams = scene.cameras[index]
         renders, _, _ = self._render(cams.viewmats(self.device), cams.intrinsics(self.device),
-                                     int(cams.widths[0]), int(cams.heights[0]), self.model.sh_degree,
-                                     self._eval_background())
+                                     int(cams.widths[0]), int(cams.heights[0]), model.sh_degree,
+                                     self._eval_background(), model=model)
         return renders[0, ..., :3].clamp(0, 1).cpu().numpy()
 
     def _eval_target(self, scene: Scene, index: int) -> np.ndarray:
@@ -757,8 +900,9 @@ class Trainer:
 
         per_view = []
         ts = self.test_scene
+        model = self.eval_model()
         for i in range(0 if ts is None else len(ts)):
-            pred = self.render_view(ts, i)
+            pred = self.render_view(ts, i, model)
             gt = self._eval_target(ts, i)
             row: dict[str, Any] = {"id": ts.ids[i], "name": ts.names[i], "psnr": psnr(pred, gt)}
             small = min(gt.shape[:2]) < 11
@@ -779,7 +923,7 @@ class Trainer:
                 mean[key] = float(np.mean(vals))
         return {
             "step": self.step,
-            "num_gaussians": self.model.num_gaussians,
+            "num_gaussians": model.num_gaussians,
             "train_views": self.train_ids,
             "test_views": self.test_ids,
             "mean": mean,

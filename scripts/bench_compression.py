@@ -1,0 +1,208 @@
+"""Compression benchmark (issue #5): file size, Gaussian count and test PSNR of plain 3DGS, learnable
+masks, masks + R-VQ and the full Compact-3DGS pipeline (Lee et al., CVPR 2024), in every export format.
+
+    .venv/bin/python scripts/bench_compression.py [--write] [--quick] [--out outputs/bench_compression]
+
+Two settings:
+
+* dense: the synthetic scene (seed 0) at 400x300, 49 views with every 8th held out; plain 3DGS is the
+  `fast` preset's schedule with 3DGS's own SH degree 3 (the preset as is, SH degree 1, is listed
+  too), the ablations add `compact`'s mask and R-VQ settings to it, the full pipeline is the
+  `compact` preset;
+* sparse: 3 training views (DTU ids 25, 22, 28; the DTU protocol's test ids) of the 200x150 synthetic
+  scene with its degraded depth prior (as `splatkit benchmark --suite synthetic` makes it), the `sparse`
+  preset with and without the compact options of `configs/compact.json`.
+
+Every file is scored by ``evaluate_run(run, splats=FILE)``, so the PSNR is that of what the file
+holds. Finished runs are reused (delete OUT/runs/NAME to retrain). ``--quick`` is a smoke test on
+tiny scenes with 120 steps; its numbers mean nothing and it refuses ``--write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchdoc import load_average, machine_info, write_section  # noqa: E402  (scripts/ is on sys.path)
+
+SECTION = "bench_compression"
+ALL_FORMATS = ("ply", "splat", "ply-compressed", "spz", "skz")
+COMPACT_PREFIXES = ("gaussian_masks", "mask_", "color_field", "rvq")
+# Targets of issue #5 on the dense scene.
+TARGET_RATIO = 25.0
+TARGET_LOSS_DB = 0.3
+TARGET_MASK_KEEP = 0.5
+SPARSE_SEED = 0
+
+
+def compact_options() -> dict:
+    """The compact pieces of configs/compact.json (masks, colour field, R-VQ), for other presets."""
+    from splatkit.train.config import load_preset
+
+    return {k: v for k, v in load_preset("compact").items() if k.startswith(COMPACT_PREFIXES)}
+
+
+def methods() -> list[tuple[str, str, str, dict, tuple[str, ...]]]:
+    """(setting, name, preset, overrides, formats to export and score); the first of a setting is
+    its baseline."""
+    opts = compact_options()
+    masks = {k: v for k, v in opts.items() if k.startswith(("gaussian_masks", "mask_"))}
+    rvq = {k: v for k, v in opts.items() if k.startswith("rvq")}
+    sh3 = {"sh_degree": 3}  # plain 3DGS stores SH degree 3 (Kerbl et al. 2023)
+    return [
+        ("dense", "3dgs", "fast", sh3, ("ply", "skz")),
+        ("dense", "3dgs-sh1", "fast", {}, ("ply",)),
+        ("dense", "masks", "fast", {**sh3, **masks}, ("ply", "skz")),
+        ("dense", "masks+rvq", "fast", {**sh3, **masks, **rvq}, ("ply", "skz")),
+        ("dense", "compact", "compact", {}, ALL_FORMATS),
+        ("sparse", "sparse", "sparse", {}, ("ply", "skz")),
+        ("sparse", "sparse+compact", "sparse", opts, ALL_FORMATS),
+    ]
+
+
+def scenes(out: Path, quick: bool, dense_scene: Path | None) -> dict:
+    """Scene folder, split and extra config values per setting."""
+    from splatkit.data.synthetic import write_synthetic_scene
+    from splatkit.eval.benchmark import synthetic_cases
+
+    size = (80, 60) if quick else (400, 300)
+    dense = dense_scene or out / "scenes" / f"dense_{size[0]}x{size[1]}"
+    if not (Path(dense) / "cameras_sphere.npz").is_file():
+        write_synthetic_scene(dense, seed=0, width=size[0], height=size[1])
+    case = synthetic_cases(out / "scenes", [str(SPARSE_SEED)], 3, (80, 60) if quick else (200, 150))[0]
+    sparse = {"data": str(case.data), "train_views": case.train_ids, "test_views": case.test_ids,
+              "depth_prior": "files", **case.overrides}
+    return {"dense": {"data": str(dense)}, "sparse": sparse}
+
+
+def train(run: Path, preset: str, values: dict, quiet: bool) -> dict:
+    """Train (unless finished before) and return the run's train_summary.json."""
+    from splatkit.train.config import resolve_config
+    from splatkit.train.trainer import Trainer
+
+    summary = run / "train_summary.json"
+    if not summary.is_file():
+        if run.exists():
+            import shutil
+
+            shutil.rmtree(run)  # an unfinished run: start over
+        Trainer(resolve_config({**values, "out": str(run)}, preset=preset), quiet=quiet).train()
+    return json.loads(summary.read_text())
+
+
+def score(run: Path, formats) -> list[dict]:
+    from splatkit.eval.evaluate import evaluate_run
+    from splatkit.export import export_run
+
+    rows = []
+    for fmt in formats:
+        res = export_run(run, fmt)
+        report = evaluate_run(run, splats=res.path, json_path=run / f"metrics_{res.path.name.replace('.', '_')}.json")
+        size = res.path.stat().st_size
+        rows.append({"format": fmt, "file": str(res.path), "bytes": size, "gaussians": report["num_gaussians"],
+                     "psnr": report["mean"]["psnr"], "masked_psnr": report["mean"].get("masked_psnr")})
+    return rows
+
+
+def fmt_row(setting: str, name: str, r: dict, base: dict) -> str:
+    ratio = base["bytes"] / r["bytes"]
+    return (f"| {setting} | {name} | {r['format']} | {r['bytes'] / 1e6:.3f} MB | {r['bytes'] / r['gaussians']:.1f} | "
+            f"{ratio:.1f}x | {r['gaussians']:,} | {r['psnr']:.2f} dB | {r['psnr'] - base['psnr']:+.2f} dB |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_compression")
+    parser.add_argument("--scene", type=Path, default=None,
+                        help="a 400x300 synthetic scene to reuse (default: OUT/scenes/dense_400x300, made once)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny scenes, 120 steps")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--verbose", action="store_true", help="show training progress")
+    args = parser.parse_args()
+    if args.quick and args.write:
+        parser.error("--quick numbers are a smoke test; they are not written to docs/benchmarks.md")
+    out = args.out / "quick" if args.quick else args.out
+    quick_values = {"steps": 120, "init_num_points": 1500, "checkpoint_every": 0, "preview_every": 0,
+                    "mask_min_gaussians": 100} if args.quick else {}
+
+    load_before = load_average()
+    start = time.perf_counter()
+    settings = scenes(out, args.quick, args.scene)
+    results, times, bakes = {}, {}, {}
+    for setting, name, preset, overrides, formats in methods():
+        run = out / "runs" / f"{setting}-{name}"
+        print(f"== {setting} / {name}: preset {preset} {overrides or ''}", flush=True)
+        summary = train(run, preset, {**settings[setting], **overrides, **quick_values, "device": "cpu"},
+                        quiet=not args.verbose)
+        times[(setting, name)] = (summary["train_time_s"], summary["num_gaussians"])
+        results[(setting, name)] = score(run, formats)
+        if "ply" in formats and json.loads((run / "config.json").read_text())["color_field"]:
+            from splatkit.export import bake_report
+
+            bakes[(setting, name)] = bake_report(run)
+        for r in results[(setting, name)]:
+            print(f"   {r['format']:>15}: {r['bytes']:>10,} bytes  {r['gaussians']:>7,} Gaussians  "
+                  f"PSNR {r['psnr']:.2f} dB", flush=True)
+    total = time.perf_counter() - start
+
+    lines = ["| setting | method | file | size | bytes / Gaussian | vs 3DGS PLY | Gaussians | test PSNR | vs 3DGS PLY |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    checks = []
+    for setting, baseline in (("dense", "3dgs"), ("sparse", "sparse")):
+        base = next(r for r in results[(setting, baseline)] if r["format"] == "ply")
+        for (s, name), rows in results.items():
+            if s == setting:
+                lines += [fmt_row(setting, name, r, base) for r in rows]
+        full = next(r for r in results[(setting, "compact" if setting == "dense" else "sparse+compact")]
+                    if r["format"] == "skz")
+        ratio, delta = base["bytes"] / full["bytes"], full["psnr"] - base["psnr"]
+        line = (f"{setting}: the full pipeline's `.skz` is **{ratio:.1f}x** smaller than the {baseline} PLY "
+                f"({full['bytes'] / 1e3:.0f} kB vs {base['bytes'] / 1e6:.2f} MB), test PSNR **{delta:+.2f} dB**")
+        if setting == "dense":
+            met = ratio >= TARGET_RATIO and -delta <= TARGET_LOSS_DB
+            sh1 = results[("dense", "3dgs-sh1")][0]
+            masks = next(r for r in results[("dense", "masks")] if r["format"] == "ply")
+            keep = masks["gaussians"] / base["gaussians"]
+            line += (f" (target >= {TARGET_RATIO:.0f}x at >= -{TARGET_LOSS_DB} dB: {'met' if met else 'NOT met'}); "
+                     f"against the `fast` preset's own SH-1 PLY ({sh1['bytes'] / 1e6:.2f} MB, {sh1['psnr']:.2f} dB) "
+                     f"{sh1['bytes'] / full['bytes']:.1f}x at {full['psnr'] - sh1['psnr']:+.2f} dB. Learnable masks "
+                     f"alone keep {keep:.0%} of the 3DGS Gaussians ({masks['gaussians']:,} vs {base['gaussians']:,}; "
+                     f"target <= {TARGET_MASK_KEEP:.0%}: {'met' if keep <= TARGET_MASK_KEEP else 'NOT met'})")
+        checks.append(line)
+    for (setting, name), b in bakes.items():
+        checks.append(f"{setting} / {name}: baking the colour field to SH degree {b['sh_degree']} for the "
+                      f"other formats costs {b['loss_db']:.2f} dB ({b['psnr_field']:.2f} dB with the field, "
+                      f"{b['psnr_baked']:.2f} dB baked; RMS colour error {b['rms']:.4f})")
+    timing = ", ".join(f"{s}/{n} {t:.0f} s ({g:,} Gaussians)" for (s, n), (t, g) in times.items())
+    load_note = "machine load unknown" if load_before is None else f"load average {load_before:.1f} at the start"
+    text = f"""## Compression: Compact-3DGS masks, R-VQ and hash-grid colour
+
+`python scripts/bench_compression.py --write` on {machine_info()}; {load_note}; {total / 60:.0f} min in all.
+Dense: the synthetic scene (seed 0) at {'80x60' if args.quick else '400x300'}, 49 views, every 8th held out
+for testing; `3dgs` is the `fast` preset's schedule with 3DGS's SH degree 3 (the baseline; `3dgs-sh1` is
+the preset as is), `masks` and `masks+rvq` add those settings of `compact`, `compact` is the full preset
+(masks, hash-grid colour, R-VQ of scales and rotations). Sparse: 3 views (DTU ids 25, 22, 28)
+of the {'80x60' if args.quick else '200x150'} synthetic scene with its degraded depth prior, the `sparse`
+preset without and with the compact options. Each file is exported by `splatkit export` and scored by
+`evaluate_run(run, splats=FILE)` on the test views; ratios and PSNR differences are against the setting's
+plain PLY. A colour field is baked to SH for every format but `.skz`.
+
+{chr(10).join(lines)}
+
+{chr(10).join('* ' + c for c in checks)}
+
+Training times: {timing}.
+"""
+    print(text)
+    if args.write:
+        print(f"wrote {write_section(SECTION, text)}")
+
+
+if __name__ == "__main__":
+    main()
