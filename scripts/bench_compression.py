@@ -1,5 +1,6 @@
 """Compression benchmark (issue #5): file size, Gaussian count and test PSNR of plain 3DGS, learnable
-masks, masks + R-VQ and the full Compact-3DGS pipeline (Lee et al., CVPR 2024), in every export format.
+masks, masks + R-VQ, the hash-grid colour field alone and the full Compact-3DGS pipeline (Lee et al.,
+CVPR 2024), in every export format.
 
     .venv/bin/python scripts/bench_compression.py [--write] [--quick] [--out outputs/bench_compression]
 
@@ -7,8 +8,8 @@ Two settings:
 
 * dense: the synthetic scene (seed 0) at 400x300, 49 views with every 8th held out; plain 3DGS is the
   `fast` preset's schedule with 3DGS's own SH degree 3 (the preset as is, SH degree 1, is listed
-  too), the ablations add `compact`'s mask and R-VQ settings to it, the full pipeline is the
-  `compact` preset;
+  too), the ablations add `compact`'s mask and R-VQ settings to it, `field` is `compact` without
+  masks and R-VQ, the full pipeline is the `compact` preset;
 * sparse: 3 training views (DTU ids 25, 22, 28; the DTU protocol's test ids) of the 200x150 synthetic
   scene with its degraded depth prior (as `splatkit benchmark --suite synthetic` makes it), the `sparse`
   preset with and without the compact options of `configs/compact.json`.
@@ -60,6 +61,8 @@ def methods() -> list[tuple[str, str, str, dict, tuple[str, ...]]]:
         ("dense", "3dgs-sh1", "fast", {}, ("ply",)),
         ("dense", "masks", "fast", {**sh3, **masks}, ("ply", "skz")),
         ("dense", "masks+rvq", "fast", {**sh3, **masks, **rvq}, ("ply", "skz")),
+        # The colour field alone: what it costs against per-Gaussian SH at this schedule.
+        ("dense", "field", "compact", {"gaussian_masks": False, "rvq": False}, ("ply", "skz")),
         ("dense", "compact", "compact", {}, ALL_FORMATS),
         ("sparse", "sparse", "sparse", {}, ("ply", "skz")),
         ("sparse", "sparse+compact", "sparse", opts, ALL_FORMATS),
@@ -187,7 +190,7 @@ def main() -> None:
 Dense: the synthetic scene (seed 0) at {'80x60' if args.quick else '400x300'}, 49 views, every 8th held out
 for testing; `3dgs` is the `fast` preset's schedule with 3DGS's SH degree 3 (the baseline; `3dgs-sh1` is
 the preset as is), `masks` and `masks+rvq` add those settings of `compact`, `compact` is the full preset
-(masks, hash-grid colour, R-VQ of scales and rotations). Sparse: 3 views (DTU ids 25, 22, 28)
+(masks, hash-grid colour, R-VQ of scales and rotations) and `field` is it without masks and R-VQ. Sparse: 3 views (DTU ids 25, 22, 28)
 of the {'80x60' if args.quick else '200x150'} synthetic scene with its degraded depth prior, the `sparse`
 preset without and with the compact options. Each file is exported by `splatkit export` and scored by
 `evaluate_run(run, splats=FILE)` on the test views; ratios and PSNR differences are against the setting's

@@ -25,15 +25,6 @@ from splatkit.models.gaussians import GaussianModel
 from splatkit.train import Run, TrainConfig, resolve_config
 from splatkit.train.trainer import Trainer
 
-W, H, VIEWS = 48, 36, 10
-
-
-@pytest.fixture(scope="module")
-def scene_dir(tmp_path_factory) -> Path:
-    from splatkit.data.synthetic import write_synthetic_scene
-
-    return write_synthetic_scene(tmp_path_factory.mktemp("data") / "syn", seed=0, width=W, height=H,
-                                 n_views=VIEWS)
 
 
 def tiny_compact(data, out, **kw) -> TrainConfig:
@@ -326,3 +317,14 @@ def test_cli_trains_with_the_compact_preset(scene_dir, tmp_path, capsys):
     assert cfg["preset"] == "compact" and cfg["gaussian_masks"] and cfg["color_field"] and cfg["rvq"]
     payload = raw_checkpoint(out / "checkpoints/ckpt_000006.pt")
     assert "mask" in payload["splats"] and set(payload["codebooks"]) == {"scales", "quats"}
+
+
+def test_mask_loss_stops_at_mask_loss_stop_iter(scene_dir, tmp_path):
+    cfg = tiny_compact(scene_dir, tmp_path / "run", steps=12, log_every=1, checkpoint_every=0, color_field=False,
+                       rvq=False, densify=False, mask_loss_stop_iter=6)
+    Trainer(cfg, quiet=True).train()
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    with_term = [r["step"] for r in log if "gaussian_mask" in r]
+    assert with_term == list(range(1, 7))  # logged steps are 1-based: 0-based steps 0..5
+    with pytest.raises(SplatkitError, match="mask_loss_stop_iter"):
+        TrainConfig(steps=100, mask_loss_stop_iter=-1).resolved()

@@ -23,15 +23,7 @@ from splatkit.train.regularizers import (Batch, MaskRegularizer, Regularizer, Re
                                          build_regularizers)
 from splatkit.train.trainer import Trainer, choose_split
 
-W, H, VIEWS = 48, 36, 10
-
-
-@pytest.fixture(scope="module")
-def scene_dir(tmp_path_factory) -> Path:
-    from splatkit.data.synthetic import write_synthetic_scene
-
-    return write_synthetic_scene(tmp_path_factory.mktemp("data") / "syn", seed=0, width=W, height=H,
-                                 n_views=VIEWS)
+W, H = 48, 36  # the size of conftest.py's scene_dir
 
 
 def tiny(data, out, **kw) -> TrainConfig:

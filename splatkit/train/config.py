@@ -177,6 +177,10 @@ class TrainConfig:
     """Prune masked-out Gaussians at every densification step and, once densification has stopped,
     every this many steps. Default: 1000/30000 of ``steps`` (the authors prune every 1000 steps):
     often enough that the Gaussians the masks drop stop costing render time soon after."""
+    mask_loss_stop_iter: Optional[int] = None
+    """Drop the mask loss from this step on (None: the whole run, as Compact-3DGS). The loss pushes
+    every mask down until the photometric loss holds it, so Gaussians keep switching off for as long
+    as it runs; stopping it when densification stops ends pruning where nothing refills the gaps."""
     mask_min_gaussians: int = 1000
     """Pruning never leaves fewer Gaussians than this (it keeps those with the largest masks and warns)."""
     color_field: bool = False
@@ -283,6 +287,8 @@ def _check_compact(c: TrainConfig) -> None:
     _check_positive(c, ("mask_prune_every", "mask_min_gaussians", "color_field_lr", "color_field_levels",
                         "color_field_bound", "rvq_stages", "rvq_codebook_size"))
     _check_nonnegative(c, ("mask_lr", "mask_lambda", "color_field_warmup", "rvq_start"))
+    if c.mask_loss_stop_iter is not None and c.mask_loss_stop_iter < 0:
+        raise SplatkitError(f"mask_loss_stop_iter must be a step >= 0 or null, got {c.mask_loss_stop_iter}")
     if not 0 < c.mask_threshold < 1:
         raise SplatkitError(f"mask_threshold must be in (0, 1), got {c.mask_threshold}")
     if not 1 <= c.color_field_log2_hashmap_size <= 30:

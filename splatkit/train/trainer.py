@@ -698,7 +698,7 @@ class Trainer:
             self.strategy.step_pre_backward(self.model.splats, self.optimizers, self.strategy_state, step, meta)
 
         loss, terms = photometric_loss(colors, batch.target, cfg.ssim_lambda)
-        if "mask" in self.model.splats:
+        if "mask" in self.model.splats and (cfg.mask_loss_stop_iter is None or step < cfg.mask_loss_stop_iter):
             term = compact.mask_loss(self.model.splats["mask"], cfg.mask_lambda)
             terms["gaussian_mask"] = term.detach()
             loss = loss + term
