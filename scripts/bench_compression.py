@@ -178,6 +178,14 @@ def main() -> None:
                      f"alone keep {keep:.0%} of the 3DGS Gaussians ({masks['gaussians']:,} vs {base['gaussians']:,}; "
                      f"target <= {TARGET_MASK_KEEP:.0%}: {'met' if keep <= TARGET_MASK_KEEP else 'NOT met'})")
         checks.append(line)
+    if ("dense", "field") in results:
+        field = next(r for r in results[("dense", "field")] if r["format"] == "skz")
+        base = next(r for r in results[("dense", "3dgs")] if r["format"] == "skz")
+        masks_skz = next(r for r in results[("dense", "masks")] if r["format"] == "skz")
+        checks.append(f"dense: the colour field alone (no masks, no R-VQ; `.skz`, so not baked) scores "
+                      f"{field['psnr']:.2f} dB against {base['psnr']:.2f} dB for per-Gaussian SH degree 3 "
+                      f"({field['psnr'] - base['psnr']:+.2f} dB) with {field['gaussians']:,} Gaussians; the "
+                      f"masks alone cost {masks_skz['psnr'] - base['psnr']:+.2f} dB")
     for (setting, name), b in bakes.items():
         checks.append(f"{setting} / {name}: baking the colour field to SH degree {b['sh_degree']} for the "
                       f"other formats costs {b['loss_db']:.2f} dB ({b['psnr_field']:.2f} dB with the field, "
@@ -200,7 +208,8 @@ plain PLY. A colour field is baked to SH for every format but `.skz`.
 
 {chr(10).join('* ' + c for c in checks)}
 
-Training times: {timing}.
+Training times (wall clock as each run was trained; reused runs keep theirs, and some shared the cores with
+other jobs): {timing}.
 """
     print(text)
     if args.write:
