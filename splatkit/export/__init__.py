@@ -95,9 +95,7 @@ def write_splats(path: str | Path, fmt: str, splats: dict, sh_degree: int) -> Fo
 
 
 def _write_skz(path: Path, compact) -> FormatExport:
-    from splatkit.compress.skz import write_skz
-
-    from splatkit.compress.skz import RVQ
+    from splatkit.compress.skz import RVQ, write_skz
 
     write_skz(path, compact)
     notes = format_notes("skz")
@@ -277,18 +275,9 @@ def read_splats_file(path: str | Path):
     if suffix == ".spz":
         return read_spz(path)
     if suffix == ".skz":
-        import torch
-
-        from splatkit.compress.compact import normalization_from_matrix
         from splatkit.compress.skz import read_skz
 
-        compact = read_skz(path)
-        model, _ = with_baked_sh(model_from_compact(compact))
-        splats = {k: v.detach() for k, v in model.splats.items()}
-        if compact.normalization is not None:
-            splats = splats_to_original_frame(splats, normalization_from_matrix(compact.normalization),
-                                              model.sh_degree)
-        return {k: v.to(torch.float32) for k, v in splats.items()}, model.sh_degree
+        return _skz_in_user_frame(read_skz(path))
     if suffix == ".ply":
         try:
             compressed = is_compressed_ply_header(path)
@@ -297,6 +286,19 @@ def read_splats_file(path: str | Path):
         return read_ply_compressed(path) if compressed else read_ply(path)
     raise DataError(f"unknown splat file type {path.suffix!r} (expected .ply, .compressed.ply, .splat, .spz "
                     "or .skz)", path)
+
+
+def _skz_in_user_frame(compact):
+    """``(splats, sh_degree)`` of a read ``.skz``: colour field baked to SH, mapped to the user's frame."""
+    import torch
+
+    from splatkit.compress.compact import normalization_from_matrix
+
+    model, _ = with_baked_sh(model_from_compact(compact))
+    splats = {k: v.detach() for k, v in model.splats.items()}
+    if compact.normalization is not None:
+        splats = splats_to_original_frame(splats, normalization_from_matrix(compact.normalization), model.sh_degree)
+    return {k: v.to(torch.float32) for k, v in splats.items()}, model.sh_degree
 
 
 def model_from_splats_file(path: str | Path, normalization):
@@ -320,7 +322,9 @@ def model_from_splats_file(path: str | Path, normalization):
             return model_from_compact(compact)
         if compact.color_field is not None:
             raise SplatkitError("the .skz colour field lives in another scene normalisation than this run's", path)
-    splats, degree = read_splats_file(path)
+        splats, degree = _skz_in_user_frame(compact)  # read once, not again by read_splats_file
+    else:
+        splats, degree = read_splats_file(path)
     # Exports hold the user's frame; the run renders in its normalised one: apply the inverse.
     ours = splats_to_original_frame(splats, normalization.inverse(), degree)
     return GaussianModel({k: v.to(torch.float32) for k, v in ours.items()}, sh_degree=degree)
