@@ -133,11 +133,13 @@ def score(run: Path, formats) -> list[dict]:
 
     rows = []
     for fmt in formats:
-        res = export_run(run, fmt)
+        # The PLY export of a colour-field run also reports what baking the field to SH costs.
+        res = export_run(run, fmt, report_bake=fmt == "ply")
         report = evaluate_run(run, splats=res.path, json_path=run / f"metrics_{res.path.name.replace('.', '_')}.json")
         size = res.path.stat().st_size
         rows.append({"format": fmt, "file": str(res.path), "bytes": size, "gaussians": report["num_gaussians"],
-                     "psnr": report["mean"]["psnr"], "masked_psnr": report["mean"].get("masked_psnr")})
+                     "psnr": report["mean"]["psnr"], "masked_psnr": report["mean"].get("masked_psnr"),
+                     "bake": res.bake})
     return rows
 
 
@@ -174,10 +176,9 @@ def main() -> None:
         times[(setting, name)] = (summary["train_time_s"], summary["num_gaussians"])
         steps[(setting, name)] = int(json.loads((run / "config.json").read_text())["steps"])
         results[(setting, name)] = score(run, formats)
-        if "ply" in formats and json.loads((run / "config.json").read_text())["color_field"]:
-            from splatkit.export import bake_report
-
-            bakes[(setting, name)] = bake_report(run)
+        bake = next((r["bake"] for r in results[(setting, name)] if r["bake"]), None)
+        if bake:
+            bakes[(setting, name)] = bake
         for r in results[(setting, name)]:
             print(f"   {r['format']:>15}: {r['bytes']:>10,} bytes  {r['gaussians']:>7,} Gaussians  "
                   f"PSNR {r['psnr']:.2f} dB", flush=True)

@@ -278,6 +278,10 @@ def test_baked_sh_export_is_close_to_the_field_render(compact_run):
     report = bake_report(run)
     assert report["sh_degree"] == 1 and report["rms"] == pytest.approx(rms)
     assert abs(report["loss_db"]) < 1.5 and math.isfinite(report["psnr_baked"])
+    # The export's own report comes from the same model and bake as the standalone one.
+    exported = export_run(run, "ply", out=run / "export" / "reported.ply", report_bake=True)
+    assert exported.bake == pytest.approx(report)
+    assert export_run(run, "ply", out=run / "export" / "plain.ply").bake is None
 
 
 def test_old_checkpoints_without_masks_resume_with_masks(scene_dir, tmp_path):

@@ -246,14 +246,14 @@ class Export:
     print the PSNR lost (--no-bake-report skips it; it needs the dataset)."""
 
     def run(self) -> None:
-        from splatkit.export import bake_report, check_format, export_run
+        from splatkit.export import check_format, export_run
 
         fmt = check_format(self.format)
-        res = export_run(self.run_dir, fmt, out=self.out, checkpoint=self.checkpoint)
+        res = export_run(self.run_dir, fmt, out=self.out, checkpoint=self.checkpoint, report_bake=self.bake_report)
         dropped = f", left out {res.num_dropped} with non-finite values" if res.num_dropped else ""
         print(f"wrote {res.num_written} Gaussians (SH degree {res.sh_degree}{dropped}) to {res.path}")
         print(f"{res.format}: {res.notes}")
-        rep = bake_report(self.run_dir, checkpoint=self.checkpoint, fmt=fmt) if fmt != "skz" and self.bake_report else {}
+        rep = res.bake
         if rep:  # the run has a colour field
             print(f"baking the colour field to SH degree {rep['sh_degree']}: {rep['split']} PSNR "
                   f"{rep['psnr_field']:.2f} dB with the field, {rep['psnr_baked']:.2f} dB baked "

@@ -193,13 +193,15 @@ def model_from_compact(compact):
     return model
 
 
-def export_run(run_dir, fmt: str = "ply", out: Optional[str | Path] = None, checkpoint=None) -> FormatExport:
+def export_run(run_dir, fmt: str = "ply", out: Optional[str | Path] = None, checkpoint=None,
+               report_bake: bool = False) -> FormatExport:
     """Export a run's latest (or given) checkpoint; default file ``RUN/export/`` + ``DEFAULT_NAMES[fmt]``.
 
     The normalisation comes from the checkpoint itself (the frame its parameters live in). The
     model is the compacted one (learnable masks applied, R-VQ attributes as codes); a colour field
     is baked to SH for every format but ``skz``. The result carries ``notes``: one line on what
-    the format loses."""
+    the format loses, and with ``report_bake`` (a colour-field run, not ``skz``) ``bake``: what
+    :func:`bake_report` measures, from the model and bake this export used."""
     import splatkit
     from splatkit.models.gaussians import checkpoint_normalization
     from splatkit.train.run import Run
@@ -216,12 +218,19 @@ def export_run(run_dir, fmt: str = "ply", out: Optional[str | Path] = None, chec
     if fmt == "skz":
         meta = {"splatkit_version": splatkit.__version__, "step": int(payload.get("step", -1))}
         return _write_skz(target, compact_from_model(model, normalization, meta))
-    model, rms = with_baked_sh(model, min(model.sh_degree, FORMAT_SH_DEGREE.get(fmt, model.sh_degree)))
-    original = splats_to_original_frame(dict(model.splats), normalization, model.sh_degree)
-    res = write_splats(target, fmt, original, model.sh_degree)
-    if rms:
-        res.notes += f"; colour field baked to SH degree {model.sh_degree} (RMS colour error {rms:.4f})"
+    baked, rms = _baked_for_format(model, fmt)
+    original = splats_to_original_frame(dict(baked.splats), normalization, baked.sh_degree)
+    res = write_splats(target, fmt, original, baked.sh_degree)
+    if model.color_field is not None:
+        res.notes += f"; colour field baked to SH degree {baked.sh_degree} (RMS colour error {rms:.4f})"
+        if report_bake:
+            res.bake = _bake_scores(run, model, baked, rms)
     return res
+
+
+def _baked_for_format(model, fmt: str):
+    """:func:`with_baked_sh` to the SH degree format ``fmt`` stores (at most the model's)."""
+    return with_baked_sh(model, min(model.sh_degree, FORMAT_SH_DEGREE.get(fmt, model.sh_degree)))
 
 
 def bake_report(run_dir, checkpoint=None, split: str = "test", device: Optional[str] = None,
@@ -230,17 +239,23 @@ def bake_report(run_dir, checkpoint=None, split: str = "test", device: Optional[
     the field model and of the baked one (same targets as ``splatkit eval``; before the format's
     own quantisation), their difference ``loss_db``, and the bake's RMS colour error. ``{}`` for a
     run without a colour field."""
-    import numpy as np
-
-    from splatkit.eval.metrics import psnr
-    from splatkit.render.video import render_views, settings_for
     from splatkit.train.run import Run
 
     run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
     model, _ = run.load_model(checkpoint)
     if model.color_field is None:
         return {}
-    baked, rms = with_baked_sh(model, min(model.sh_degree, FORMAT_SH_DEGREE.get(check_format(fmt), model.sh_degree)))
+    baked, rms = _baked_for_format(model, check_format(fmt))
+    return _bake_scores(run, model, baked, rms, split, device)
+
+
+def _bake_scores(run, model, baked, rms: float, split: str = "test", device: Optional[str] = None) -> dict:
+    """:func:`bake_report`'s dict for a field ``model`` and its ``baked`` SH version."""
+    import numpy as np
+
+    from splatkit.eval.metrics import psnr
+    from splatkit.render.video import render_views, settings_for
+
     scene, _, positions = run.views(split)
     settings = settings_for(run.config, device=device)
     composite = bool(run.config.use_masks and scene.masks is not None)

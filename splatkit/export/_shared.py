@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ class FormatExport:
     num_dropped: int  # Gaussians with non-finite parameters, left out
     sh_degree: int  # SH degree stored in the file (0 for .splat whatever the model had)
     notes: str = ""  # what the format loses, one line
+    bake: Optional[dict] = None  # export_run(report_bake=True) of a colour-field run: bake_report's dict
 
 
 def splat_arrays(splats: dict, sh_degree: int, max_degree: int, fmt: str) -> tuple[dict[str, np.ndarray], int]:

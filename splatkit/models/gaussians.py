@@ -168,12 +168,12 @@ class GaussianModel(torch.nn.Module):
         Shares the colour field. Returns ``self`` when there is nothing to do."""
         if "mask" not in self.splats and not self.codebooks:
             return self
-        from splatkit.compress.compact import rvq_decode, rvq_encode, rvq_input
+        from splatkit.compress.compact import masked_out, rvq_decode, rvq_encode, rvq_input
         from splatkit.compress.skz import RVQ
 
         p = {k: v.detach() for k, v in self.splats.items()}
         if "mask" in p:
-            keep = torch.sigmoid(p.pop("mask")) > self.mask_threshold
+            keep = ~masked_out(p.pop("mask"), self.mask_threshold)
             if not bool(keep.any()):
                 warnings.warn("every learnable mask is off; keeping all Gaussians", stacklevel=2)
             elif not bool(keep.all()):
