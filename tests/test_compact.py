@@ -20,7 +20,8 @@ from splatkit.compress import compact
 from splatkit.compress.skz import RVQ, read_skz
 from splatkit.errors import SplatkitError
 from splatkit.eval.evaluate import evaluate_run
-from splatkit.export import SUPPORTED_FORMATS, bake_report, export_run, read_splats_file, with_baked_sh
+from splatkit.export import (SKZ_TABLE_BITS, SUPPORTED_FORMATS, bake_report, export_run, read_splats_file,
+                             with_baked_sh)
 from splatkit.models.gaussians import GaussianModel
 from splatkit.train import Run, TrainConfig, resolve_config
 from splatkit.train.trainer import Trainer
@@ -243,6 +244,23 @@ def test_compact_run_exports_every_format_and_its_skz_scores_like_the_run(compac
     scored = json.loads((tmp_path / "skz.json").read_text())
     assert abs(scored["mean"]["psnr"] - own) < 0.1, (scored["mean"]["psnr"], own)
     assert scored["num_gaussians"] == skz.n
+
+
+def test_skz_export_hash_table_bits(compact_run, tmp_path, capsys):
+    run = compact_run[0]
+    default = read_skz(export_run(run, "skz", out=tmp_path / "default.skz").path)
+    assert default.color_field["config"]["quantize_bits"] == SKZ_TABLE_BITS
+    assert main(["export", "--run", str(run), "--format", "skz", "--table-bits", "8",
+                 "--out", str(tmp_path / "eight.skz")]) == 0
+    assert "hash table at 8 bits" in capsys.readouterr().out
+    eight = read_skz(tmp_path / "eight.skz")
+    assert eight.color_field["config"]["quantize_bits"] == 8
+    assert (tmp_path / "default.skz").stat().st_size < (tmp_path / "eight.skz").stat().st_size
+    table6, table8 = (c.color_field["tensors"]["grid.table"] for c in (default, eight))
+    assert len(np.unique(table6)) <= 2 ** SKZ_TABLE_BITS < len(np.unique(table8))
+    assert main(["export", "--run", str(run), "--format", "skz", "--table-bits", "9",
+                 "--out", str(tmp_path / "nine.skz")]) == 2
+    assert "table_bits" in capsys.readouterr().err and not (tmp_path / "nine.skz").exists()
 
 
 def test_skz_colour_field_config_is_checked_against_its_tensors(compact_run):

@@ -300,6 +300,40 @@ def test_writer_refuses_decompression_bombs():
         skz_to_bytes(CompactSplats.from_splats(splats, 3))
 
 
+@pytest.mark.parametrize("bits", [1, 5, 8])
+def test_hash_table_bits(bits):
+    rng = np.random.default_rng(bits)
+    cf = random_color_field(rng)
+    table = rng.normal(0, 1e-2, size=(4096, 2)).astype(np.float32)  # most values near zero, as trained
+    cf["tensors"]["grid.hash_table"] = table
+    cf["config"]["quantize_bits"] = bits
+    splats = {k: v for k, v in random_splats(50, 0).items() if k != "sh0"}
+    data, report = skz_to_bytes(CompactSplats.from_splats(splats, 0, color_field=cf))
+    got = skz_from_bytes(data).color_field
+    assert got["config"]["quantize_bits"] == bits
+    levels = 2 ** bits - 1
+    err = np.abs(got["tensors"]["grid.hash_table"] - table)
+    assert err.max() <= (table.max() - table.min()) / levels / 2 + 1e-9
+    assert len(np.unique(got["tensors"]["grid.hash_table"])) <= levels + 1
+    table_params = next(s["params"] for s in split_file(data)[0]["sections"] if s["name"] == "color_field/grid.hash_table")
+    # 8 bits keeps the original params (files readable by the first reader); fewer bits name their levels
+    assert table_params.get("levels") == (None if bits == 8 else levels)
+    if bits < 8:  # fewer distinct values: a smaller section
+        cf8 = dict(cf, config=dict(cf["config"], quantize_bits=8))
+        _, report8 = skz_to_bytes(CompactSplats.from_splats(splats, 0, color_field=cf8))
+        table_bytes = report["sections"]["color_field/grid.hash_table"]["compressed"]
+        assert table_bytes < 0.9 * report8["sections"]["color_field/grid.hash_table"]["compressed"]
+
+
+@pytest.mark.parametrize("bits", [0, 9, "6", True, 6.0])
+def test_writer_refuses_bad_table_bits(bits):
+    cf = random_color_field(np.random.default_rng(0))
+    cf["config"]["quantize_bits"] = bits
+    splats = {k: v for k, v in random_splats(5, 0).items() if k != "sh0"}
+    with pytest.raises(SplatkitError, match="quantize_bits"):
+        skz_to_bytes(CompactSplats.from_splats(splats, 0, color_field=cf))
+
+
 def test_default_hash_table_rule():
     rng = np.random.default_rng(0)
     cf = {"config": {}, "tensors": {"encoder.hash_table": rng.random((64, 2)).astype(np.float32),
@@ -482,6 +516,12 @@ def _hostile_manifests(m: dict) -> list[tuple[str, dict]]:
     edit("params where none belong", lambda mm: sec(mm, "sh0").update(params={"scale": 2}))
     edit("minmax reversed", lambda mm: sec(mm, "color_field/grid.hash_table")["params"].update(min=1.0, max=-1.0))
     edit("minmax beyond float32", lambda mm: sec(mm, "color_field/grid.hash_table")["params"].update(max=1e300))
+    for levels in (0, 256, 6.0, True, "63", None):
+        edit(f"levels {levels!r}", lambda mm, v=levels: sec(mm, "color_field/grid.hash_table")["params"].update(
+            levels=v))
+    # stored bytes go up to 255: fewer declared levels would decode them past max
+    edit("levels below the stored values", lambda mm: sec(mm, "color_field/grid.hash_table")["params"].update(
+        levels=3))
     edit("colour tensor with index encoding", lambda mm: sec(mm, "color_field/mlp.0.bias").update(
         encoding="index", dtype="uint16", raw=16))
     return out

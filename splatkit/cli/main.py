@@ -244,12 +244,17 @@ class Export:
     bake_report: tyro.conf.FlagCreatePairsOff[bool] = True
     """After baking a colour field, render the test views with the field and with the baked SH and
     print the PSNR lost (--no-bake-report skips it; it needs the dataset)."""
+    table_bits: Optional[int] = None
+    """skz: bits per hash-table value of a colour field, 1..8 (default splatkit.export.SKZ_TABLE_BITS,
+    6; Compact-3DGS stores 8)."""
 
     def run(self) -> None:
         from splatkit.export import check_format, export_run
 
         fmt = check_format(self.format)
-        res = export_run(self.run_dir, fmt, out=self.out, checkpoint=self.checkpoint, report_bake=self.bake_report)
+        bits = {} if self.table_bits is None else {"table_bits": self.table_bits}
+        res = export_run(self.run_dir, fmt, out=self.out, checkpoint=self.checkpoint, report_bake=self.bake_report,
+                         **bits)
         dropped = f", left out {res.num_dropped} with non-finite values" if res.num_dropped else ""
         print(f"wrote {res.num_written} Gaussians (SH degree {res.sh_degree}{dropped}) to {res.path}")
         print(f"{res.format}: {res.notes}")

@@ -39,8 +39,8 @@ name                       encoding      dtype       decoded as
 ``scales/indices`` [N,S]   index         uint8/16/32 the smallest type that holds K-1
 ``quats`` [N,4]            (as scales, D = 4)
 ``shN`` [N,K-1,3]          (as scales, D = 3(K-1), flattened coefficient-major, channel-minor)
-``color_field/<name>``     f16 or        float16 or  8-bit: ``min + u * (max - min) / 255`` with
-                           u8_minmax     uint8       per-tensor ``params = {min, max}``
+``color_field/<name>``     f16 or        float16 or  ``min + u * (max - min) / levels`` with
+                           u8_minmax     uint8       per-tensor ``params = {min, max[, levels]}``
 =========================  ============  ==========  ===========================================
 
 Encoding choices and their precision:
@@ -53,9 +53,13 @@ Encoding choices and their precision:
   the half-extent), whatever the scene's offset from the origin.
 * Opacity: ``round(255 * sigmoid(logit))``; the decoded sigmoid is within 0.5/255 of the original.
 * Plain scales / quats / sh0 / shN, codebooks, MLP weights: IEEE fp16 (relative error <= 2**-11).
-* Colour-field tensors are 8-bit min/max quantised (error <= (max - min) / 510) when their name is
-  listed in ``config["quantize_8bit"]``; when the config has no such key, when their name ends in
-  one of :data:`HASH_TABLE_SUFFIXES` (``hash_table``, ``embeddings``). All others are fp16.
+* Colour-field tensors are min/max quantised to ``levels + 1`` values (``levels = 2**bits - 1``,
+  ``bits = config["quantize_bits"]``, 8 when absent; error <= (max - min) / (2 * levels)) when
+  their name is listed in ``config["quantize_8bit"]``; when the config has no such key, when their
+  name ends in one of :data:`HASH_TABLE_SUFFIXES` (``hash_table``, ``embeddings``). All others are
+  fp16. Fewer bits mean fewer distinct bytes, which zstd turns into a smaller section: on the
+  400x300 synthetic scene a 6-bit hash table is about a third smaller than an 8-bit one and costs
+  no measurable PSNR (``docs/benchmarks.md``, "Compression").
 * Before zstd (default level 19), every section is reordered so zstd sees like with like: the
   array is viewed as ``[shape[0], rest]`` and transposed (one attribute channel at a time), then
   byte-shuffled (all first bytes of every value, then all second bytes, ...). The reader undoes
@@ -115,6 +119,7 @@ _MANIFEST_KEYS = {"n", "sh_degree", "normalization", "meta", "color_field_config
 _COLOR_PREFIX = "color_field/"
 _F32_MAX = float(np.finfo(np.float32).max)
 _OPACITY_EPS = 0.5 / 255.0  # half a quantisation step: u8 0 and 255 decode to finite logits
+_MAX_LEVELS = 255  # u8_minmax: the largest stored value, and the default ``levels``
 
 
 # -- the in-memory model ------------------------------------------------------------------------
@@ -325,6 +330,16 @@ def _check_color_field(cf) -> None:
             raise SplatkitError(f"colour-field tensor {name!r} must be an array with at most {MAX_NDIM} dims")
         _check_array(f"colour-field tensor {name!r}", t, t.shape)
     _quantized_names(cf)
+    quantize_levels(cf)
+
+
+def quantize_levels(cf: dict) -> int:
+    """``levels`` (largest stored value) of the colour field's quantised tensors: ``2**bits - 1``
+    for ``config["quantize_bits"]`` (1..8, default 8)."""
+    bits = cf["config"].get("quantize_bits", 8)
+    if not _is_int(bits) or not 1 <= bits <= 8:
+        raise SplatkitError(f'colour-field config "quantize_bits" must be an integer in 1..8, got {bits!r}')
+    return (1 << bits) - 1
 
 
 def _quantized_names(cf: dict) -> set[str]:
@@ -421,6 +436,7 @@ def skz_to_bytes(compact: CompactSplats, level: int = DEFAULT_LEVEL) -> tuple[by
     if compact.color_field is not None:
         config = compact.color_field["config"]
         quantized = _quantized_names(compact.color_field)
+        levels = quantize_levels(compact.color_field)
         for tname, t in compact.color_field["tensors"].items():
             sname = _COLOR_PREFIX + tname
             if tname in quantized:
@@ -428,8 +444,11 @@ def skz_to_bytes(compact: CompactSplats, level: int = DEFAULT_LEVEL) -> tuple[by
                 hi_v = float(t.max()) if t.size else 0.0
                 span = hi_v - lo_v
                 q = np.zeros(t.shape, np.uint8) if span <= 0 else np.rint(
-                    (t.astype(np.float64) - lo_v) * (255.0 / span)).astype(np.uint8)
-                plan.append((sname, "u8_minmax", q, {"min": lo_v, "max": hi_v}))
+                    (t.astype(np.float64) - lo_v) * (levels / span)).astype(np.uint8)
+                params = {"min": lo_v, "max": hi_v}
+                if levels != _MAX_LEVELS:  # 8-bit sections keep the version-1 params exactly
+                    params["levels"] = levels
+                plan.append((sname, "u8_minmax", q, params))
             else:
                 plan.append((sname, "f16", _to_f16(f"colour-field tensor {tname!r}", t), None))
 
@@ -660,11 +679,13 @@ def _check_section_entry(i: int, s, fail) -> None:
         if not ok:
             raise fail(f"section {name!r}: params must be {{offset: [3 numbers], scale: [3 positive numbers]}}")
     elif s["encoding"] == "u8_minmax":
-        ok = (isinstance(params, dict) and set(params) == {"min", "max"} and _is_num(params["min"])
-              and _is_num(params["max"]) and params["min"] <= params["max"]
-              and max(abs(params["min"]), abs(params["max"])) <= _F32_MAX)
+        ok = (isinstance(params, dict) and set(params) in ({"min", "max"}, {"min", "max", "levels"})
+              and _is_num(params["min"]) and _is_num(params["max"]) and params["min"] <= params["max"]
+              and max(abs(params["min"]), abs(params["max"])) <= _F32_MAX
+              and (_is_int(params.get("levels", _MAX_LEVELS)) and 1 <= params.get("levels", _MAX_LEVELS) <= _MAX_LEVELS))
         if not ok:
-            raise fail(f"section {name!r}: params must be {{min, max}} finite numbers with min <= max")
+            raise fail(f"section {name!r}: params must be {{min, max[, levels]}}: finite numbers with min <= max, "
+                       f"levels an integer in 1..{_MAX_LEVELS}")
     elif params is not None:
         raise fail(f"section {name!r}: encoding {s['encoding']} takes no params")
 
@@ -757,7 +778,10 @@ def _decode_section(s: dict, a: np.ndarray, by_name: dict, fail) -> np.ndarray:
             out = _u8_to_logit(a)
         elif enc == "u8_minmax":
             lo, hi = s["params"]["min"], s["params"]["max"]
-            out = (lo + a.astype(np.float64) * ((hi - lo) / 255.0)).astype(np.float32)
+            levels = s["params"].get("levels", _MAX_LEVELS)
+            if a.size and int(a.max()) > levels:
+                raise fail(f"section {name!r} has values above its {levels} quantisation levels")
+            out = (lo + a.astype(np.float64) * ((hi - lo) / levels)).astype(np.float32)
         else:  # index
             k = by_name[name.rsplit("/", 1)[0] + "/codebooks"]["shape"][1]
             if a.size and int(a.max()) >= k:

@@ -62,7 +62,7 @@ def format_notes(fmt: str) -> str:
         return ply_compressed.NOTES
     if fmt == "skz":
         return ("fp16 positions, 8-bit opacities, fp16 (or R-VQ-coded) scales, rotations and SH, zstd; a "
-                "colour field's hash table 8-bit")
+                "colour field's hash table min/max quantised")
     return spz.notes()
 
 
@@ -104,7 +104,8 @@ def _write_skz(path: Path, compact) -> FormatExport:
         cb = getattr(compact, coded[0]).codebooks
         notes += f"; R-VQ codes ({cb.shape[0]} x {cb.shape[1]}) for {', '.join(coded)}"
     if compact.color_field is not None:
-        notes += "; a hash-grid colour field instead of SH"
+        notes += (f"; a hash-grid colour field instead of SH (hash table at "
+                  f"{compact.color_field['config'].get('quantize_bits', 8)} bits)")
     return FormatExport(path, "skz", compact.n, 0, int(compact.sh_degree), notes)
 
 
@@ -132,10 +133,16 @@ def with_baked_sh(model, degree: Optional[int] = None, num_dirs: int = BAKE_DIRE
     return out, baked.rms
 
 
-def compact_from_model(model, normalization=None, meta: Optional[dict] = None):
+# Bits per hash-table value in .skz. Compact-3DGS stores 8; on the 400x300 synthetic scene 6 bits
+# make the table section about a third smaller for no measurable test PSNR, 4 bits cost a few
+# tenths of a dB (docs/benchmarks.md, "Compression").
+SKZ_TABLE_BITS = 6
+
+
+def compact_from_model(model, normalization=None, meta: Optional[dict] = None, table_bits: int = SKZ_TABLE_BITS):
     """A :class:`~splatkit.compress.skz.CompactSplats` of a (compacted) model in its own frame:
-    R-VQ codes where the model has them (``model.rvq``), its colour field (hash table marked for
-    8-bit) instead of SH when it has one; ``normalization``: the frame's ``Normalization``."""
+    R-VQ codes where the model has them (``model.rvq``), its colour field (hash table quantised to
+    ``table_bits``) instead of SH when it has one; ``normalization``: the frame's ``Normalization``."""
     import numpy as np
 
     from splatkit.compress.compact import color_field_to_dict
@@ -148,7 +155,8 @@ def compact_from_model(model, normalization=None, meta: Optional[dict] = None):
     degree = model.sh_degree
     if model.color_field is not None:
         config = color_field_to_dict(model.color_field)
-        config["quantize_8bit"] = ["grid.table"]  # Compact-3DGS post-processing: 8-bit hash grid
+        config["quantize_8bit"] = ["grid.table"]  # Compact-3DGS post-processing: a quantised hash grid
+        config["quantize_bits"] = table_bits
         config["bake_axis"] = model.bake_axis
         color_field = {"config": config, "tensors": {k: v.detach().cpu().numpy().astype(np.float32)
                                                      for k, v in model.color_field.state_dict().items()}}
@@ -194,19 +202,22 @@ def model_from_compact(compact):
 
 
 def export_run(run_dir, fmt: str = "ply", out: Optional[str | Path] = None, checkpoint=None,
-               report_bake: bool = False) -> FormatExport:
+               report_bake: bool = False, table_bits: int = SKZ_TABLE_BITS) -> FormatExport:
     """Export a run's latest (or given) checkpoint; default file ``RUN/export/`` + ``DEFAULT_NAMES[fmt]``.
 
     The normalisation comes from the checkpoint itself (the frame its parameters live in). The
     model is the compacted one (learnable masks applied, R-VQ attributes as codes); a colour field
     is baked to SH for every format but ``skz``. The result carries ``notes``: one line on what
     the format loses, and with ``report_bake`` (a colour-field run, not ``skz``) ``bake``: what
-    :func:`bake_report` measures, from the model and bake this export used."""
+    :func:`bake_report` measures, from the model and bake this export used. ``table_bits``: bits
+    per hash-table value in ``skz`` (1..8)."""
     import splatkit
     from splatkit.models.gaussians import checkpoint_normalization
     from splatkit.train.run import Run
 
     fmt = check_format(fmt)
+    if not (isinstance(table_bits, int) and 1 <= table_bits <= 8):
+        raise SplatkitError(f"table_bits (bits per hash-table value in skz) must be in 1..8, got {table_bits!r}")
     target = Path(out) if out is not None else None
     if target is not None:
         check_output_name(fmt, target)  # before loading anything: a typo fails fast
@@ -217,7 +228,7 @@ def export_run(run_dir, fmt: str = "ply", out: Optional[str | Path] = None, chec
         target = run.path / "export" / DEFAULT_NAMES[fmt]
     if fmt == "skz":
         meta = {"splatkit_version": splatkit.__version__, "step": int(payload.get("step", -1))}
-        return _write_skz(target, compact_from_model(model, normalization, meta))
+        return _write_skz(target, compact_from_model(model, normalization, meta, table_bits))
     baked, rms = _baked_for_format(model, fmt)
     original = splats_to_original_frame(dict(baked.splats), normalization, baked.sh_degree)
     res = write_splats(target, fmt, original, baked.sh_degree)
