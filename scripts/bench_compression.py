@@ -43,6 +43,14 @@ TARGET_MASK_KEEP = 0.5
 SPARSE_SEED = 0
 # 2.5x the fast preset's densification threshold (3DGS' 2e-4): about half the Gaussians on the dense scene.
 FEWER_GROW_GRAD2D = 5e-4
+# The presets' run length, and their values that are steps of that schedule (``--steps`` scales them).
+PRESET_STEPS = 2000
+SCHEDULE_KEYS = ("sh_degree_interval", "refine_start_iter", "refine_stop_iter", "mask_loss_stop_iter",
+                 "color_field_lr_milestones")
+# Hash-table bits of the extra .skz rows of colour-field runs (the default, SKZ_TABLE_BITS, is the skz row).
+TABLE_BITS_SWEEP = (8, 5, 4)
+# Methods a longer schedule runs by default: the baseline and the full pipeline.
+LONG_METHODS = ("3dgs", "compact")
 
 
 def compact_options() -> dict:
@@ -50,6 +58,27 @@ def compact_options() -> dict:
     from splatkit.train.config import load_preset
 
     return {k: v for k, v in load_preset("compact").items() if k.startswith(COMPACT_PREFIXES)}
+
+
+def scaled_schedule(preset: str, overrides: dict, steps: int) -> dict:
+    """``overrides`` plus the preset's schedule stretched from its 2000 steps to ``steps``: every
+    step-valued key (densification window, SH-degree interval, mask-loss stop, field LR milestones)
+    keeps its fraction of the run; values derived from ``steps`` (R-VQ start, mask pruning period)
+    follow by themselves. Densification still runs every 100 steps, as in 3DGS."""
+    from splatkit.train.config import load_preset
+
+    values = {**load_preset(preset), **overrides}
+    if int(values["steps"]) != PRESET_STEPS:
+        raise SystemExit(f"preset {preset} has {values['steps']} steps, not the {PRESET_STEPS} --steps scales from")
+    factor = steps / PRESET_STEPS
+    out = {**overrides, "steps": steps}
+    for key in SCHEDULE_KEYS:
+        v = values.get(key)
+        if isinstance(v, list):
+            out[key] = [round(x * factor) for x in v]
+        elif v is not None:
+            out[key] = round(v * factor)
+    return out
 
 
 def methods() -> list[tuple[str, str, str, dict, tuple[str, ...]]]:
@@ -128,24 +157,34 @@ def _trained_with(run: Path) -> dict:
 
 
 def score(run: Path, formats) -> list[dict]:
+    """Export the run in each format and score the file. For a colour-field run, ``skz`` is also
+    written with the hash table at each of :data:`TABLE_BITS_SWEEP` bits (rows ``skz, N-bit table``)."""
     from splatkit.eval.evaluate import evaluate_run
-    from splatkit.export import export_run
+    from splatkit.export import SKZ_TABLE_BITS, export_run
 
+    field = json.loads((run / "config.json").read_text())["color_field"]
+    jobs = [(fmt, {}) for fmt in formats]
+    if field and "skz" in formats:
+        jobs += [(f"skz, {bits}-bit table", {"table_bits": bits, "out": run / "export" / f"splats.table{bits}.skz"})
+                 for bits in TABLE_BITS_SWEEP if bits != SKZ_TABLE_BITS]
     rows = []
-    for fmt in formats:
+    for label, options in jobs:
+        fmt = label.split(",")[0]
         # The PLY export of a colour-field run also reports what baking the field to SH costs.
-        res = export_run(run, fmt, report_bake=fmt == "ply")
+        res = export_run(run, fmt, report_bake=fmt == "ply", **options)
         report = evaluate_run(run, splats=res.path, json_path=run / f"metrics_{res.path.name.replace('.', '_')}.json")
         size = res.path.stat().st_size
-        rows.append({"format": fmt, "file": str(res.path), "bytes": size, "gaussians": report["num_gaussians"],
+        rows.append({"format": label, "file": str(res.path), "bytes": size, "gaussians": report["num_gaussians"],
                      "psnr": report["mean"]["psnr"], "masked_psnr": report["mean"].get("masked_psnr"),
                      "bake": res.bake})
     return rows
 
 
-def fmt_row(setting: str, name: str, r: dict, base: dict) -> str:
+def fmt_row(setting: str | None, name: str, r: dict, base: dict) -> str:
+    """One table row; ``setting`` None leaves that column out."""
     ratio = base["bytes"] / r["bytes"]
-    return (f"| {setting} | {name} | {r['format']} | {r['bytes'] / 1e6:.3f} MB | {r['bytes'] / r['gaussians']:.1f} | "
+    first = "" if setting is None else f"| {setting} "
+    return (f"{first}| {name} | {r['format']} | {r['bytes'] / 1e6:.3f} MB | {r['bytes'] / r['gaussians']:.1f} | "
             f"{ratio:.1f}x | {r['gaussians']:,} | {r['psnr']:.2f} dB | {r['psnr'] - base['psnr']:+.2f} dB |")
 
 
@@ -157,9 +196,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny scenes, 120 steps")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--verbose", action="store_true", help="show training progress")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"dense setting only, with the presets' schedule stretched from {PRESET_STEPS} to this "
+                             "many steps (its own section of docs/benchmarks.md)")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated method names: only train and score these (to share the work between "
+                             "processes; the table needs them all). With --steps: the dense methods to run "
+                             f"(default {','.join(LONG_METHODS)}; the first is the baseline)")
     args = parser.parse_args()
     if args.quick and args.write:
         parser.error("--quick numbers are a smoke test; they are not written to docs/benchmarks.md")
+    if args.methods and args.write and not args.steps:
+        parser.error("--write needs every method: leave out --methods (finished runs are reused)")
+    if args.steps is not None:
+        if args.steps < 1 or args.quick:
+            parser.error("--steps takes a positive number of steps and no --quick")
+        return long_schedule(args)
     out = args.out / "quick" if args.quick else args.out
     quick_values = {"steps": 120, "init_num_points": 1500, "checkpoint_every": 0, "preview_every": 0,
                     "mask_min_gaussians": 100} if args.quick else {}
@@ -168,7 +220,14 @@ def main() -> None:
     start = time.perf_counter()
     settings = scenes(out, args.quick, args.scene)
     results, times, bakes, steps = {}, {}, {}, {}
-    for setting, name, preset, overrides, formats in methods():
+    chosen = methods()
+    if args.methods:
+        names = args.methods.split(",")
+        unknown = sorted(set(names) - {m[1] for m in chosen})
+        if unknown:
+            parser.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(m[1] for m in chosen)}")
+        chosen = [m for m in chosen if m[1] in names]
+    for setting, name, preset, overrides, formats in chosen:
         run = out / "runs" / f"{setting}-{name}"
         print(f"== {setting} / {name}: preset {preset} {overrides or ''}", flush=True)
         summary = train(run, preset, {**settings[setting], **overrides, **quick_values, "device": "cpu"},
@@ -183,6 +242,9 @@ def main() -> None:
             print(f"   {r['format']:>15}: {r['bytes']:>10,} bytes  {r['gaussians']:>7,} Gaussians  "
                   f"PSNR {r['psnr']:.2f} dB", flush=True)
     total = time.perf_counter() - start
+    if args.methods:
+        print("trained and scored the chosen methods; run without --methods for the table")
+        return
 
     lines = ["| setting | method | file | size | bytes / Gaussian | vs 3DGS PLY | Gaussians | test PSNR | vs 3DGS PLY |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -257,6 +319,75 @@ other jobs): {timing}.
     print(text)
     if args.write:
         print(f"wrote {write_section(SECTION, text)}")
+
+
+def long_schedule(args) -> None:
+    """The dense setting's methods with the schedule stretched to ``args.steps``: run folders
+    ``dense-<steps>steps-<method>``, section ``bench_compression_<steps>`` of docs/benchmarks.md."""
+    names = args.methods.split(",") if args.methods else list(LONG_METHODS)
+    known = {name: (preset, overrides, formats) for setting, name, preset, overrides, formats in methods()
+             if setting == "dense"}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown dense method(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    load_before = load_average()
+    start = time.perf_counter()
+    dense = scenes(args.out, False, args.scene)["dense"]
+    results, times = {}, {}
+    for name in names:
+        preset, overrides, formats = known[name]
+        values = scaled_schedule(preset, overrides, args.steps)
+        run = args.out / "runs" / f"dense-{args.steps}steps-{name}"
+        print(f"== dense, {args.steps} steps / {name}: preset {preset} {values}", flush=True)
+        summary = train(run, preset, {**dense, **values, "device": "cpu"}, quiet=not args.verbose)
+        times[name] = (summary["train_time_s"], summary["num_gaussians"])
+        results[name] = score(run, formats)
+        for r in results[name]:
+            print(f"   {r['format']:>15}: {r['bytes']:>10,} bytes  {r['gaussians']:>7,} Gaussians  "
+                  f"PSNR {r['psnr']:.2f} dB", flush=True)
+    total = time.perf_counter() - start
+
+    baseline = names[0]
+    base = next(r for r in results[baseline] if r["format"] == "ply")
+    lines = ["| method | file | size | bytes / Gaussian | vs baseline PLY | Gaussians | test PSNR | vs baseline PLY |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [fmt_row(None, name, r, base) for name in names for r in results[name]]
+    checks = []
+    if "compact" in results and baseline != "compact":
+        full = next(r for r in results["compact"] if r["format"] == "skz")
+        ratio, delta = base["bytes"] / full["bytes"], full["psnr"] - base["psnr"]
+        met = ratio >= TARGET_RATIO and -delta <= TARGET_LOSS_DB
+        keep = full["gaussians"] / base["gaussians"]
+        checks.append(f"the full pipeline's `.skz` is **{ratio:.1f}x** smaller than the {baseline} PLY "
+                      f"({full['bytes'] / 1e3:.0f} kB vs {base['bytes'] / 1e6:.2f} MB), test PSNR **{delta:+.2f} dB** "
+                      f"(target >= {TARGET_RATIO:.0f}x at >= -{TARGET_LOSS_DB} dB: {'met' if met else 'NOT met'}); "
+                      f"it keeps {keep:.0%} of the baseline's Gaussians")
+        bake = next((r["bake"] for r in results["compact"] if r["bake"]), None)
+        if bake:
+            checks.append(f"baking the colour field to SH degree {bake['sh_degree']} for the other formats costs "
+                          f"{bake['loss_db']:.2f} dB ({bake['psnr_field']:.2f} dB with the field, "
+                          f"{bake['psnr_baked']:.2f} dB baked)")
+    scaled = scaled_schedule("compact", {}, args.steps)
+    timing = ", ".join(f"{n} {t:.0f} s ({g:,} Gaussians)" for n, (t, g) in times.items())
+    load_note = "machine load unknown" if load_before is None else f"load average {load_before:.1f} at the start"
+    text = f"""## Compression at {args.steps} steps (dense scene)
+
+`python scripts/bench_compression.py --steps {args.steps} --write` on {machine_info()}; {load_note};
+{total / 60:.0f} min in all (finished runs reused). The dense setting of the section above with every step-valued
+setting of the presets stretched by {args.steps / PRESET_STEPS:g} ({', '.join(f'{k} {v}' for k, v in scaled.items()
+if k in SCHEDULE_KEYS)}; R-VQ over the last 1/30 of the run). At {args.steps} steps each of the 42
+training views is seen {args.steps / 42:.0f} times, about as often as 3DGS's 30k steps see the images of a
+Mip-NeRF 360 or Tanks and Temples scene (150 to 300 views), the regime Compact-3DGS reports.
+
+{chr(10).join(lines)}
+
+{chr(10).join('* ' + c for c in checks)}
+
+Training times (wall clock as each run was trained; runs may have shared the cores): {timing}.
+"""
+    print(text)
+    if args.write:
+        print(f"wrote {write_section(f'{SECTION}_{args.steps}', text)}")
 
 
 if __name__ == "__main__":
