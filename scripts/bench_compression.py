@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from splatkit.export import SKZ_TABLE_BITS  # noqa: E402
+
 from benchdoc import load_average, machine_info, write_section  # noqa: E402  (scripts/ is on sys.path)
 
 SECTION = "bench_compression"
@@ -49,6 +51,9 @@ SCHEDULE_KEYS = ("sh_degree_interval", "refine_start_iter", "refine_stop_iter", 
                  "color_field_lr_milestones")
 # Hash-table bits of the extra .skz rows of colour-field runs (the default, SKZ_TABLE_BITS, is the skz row).
 TABLE_BITS_SWEEP = (8, 5, 4)
+# How the .skz rows quantise the hash table, for the section texts.
+SKZ_BITS_NOTE = (f"{SKZ_TABLE_BITS} bits (`splatkit export`'s default; Compact-3DGS uses 8), the rows `skz, N-bit table` at "
+                 f"N bits")
 # Methods a longer schedule runs by default: the baseline and the full pipeline.
 LONG_METHODS = ("3dgs", "compact")
 
@@ -307,7 +312,8 @@ the preset as is, `3dgs-fewer` densifies with grow_grad2d {FEWER_GROW_GRAD2D:g})
 of the {'80x60' if args.quick else '200x150'} synthetic scene with its degraded depth prior, the `sparse`
 preset without and with the compact options. Each file is exported by `splatkit export` and scored by
 `evaluate_run(run, splats=FILE)` on the test views; ratios and PSNR differences are against the setting's
-plain PLY. A colour field is baked to SH for every format but `.skz`.
+plain PLY. A colour field is baked to SH for every format but `.skz`, which stores its hash table at
+{SKZ_BITS_NOTE}.
 
 {chr(10).join(lines)}
 
@@ -377,7 +383,8 @@ def long_schedule(args) -> None:
 setting of the presets stretched by {args.steps / PRESET_STEPS:g} ({', '.join(f'{k} {v}' for k, v in scaled.items()
 if k in SCHEDULE_KEYS)}; R-VQ over the last 1/30 of the run). At {args.steps} steps each of the 42
 training views is seen {args.steps / 42:.0f} times, about as often as 3DGS's 30k steps see the images of a
-Mip-NeRF 360 or Tanks and Temples scene (150 to 300 views), the regime Compact-3DGS reports.
+Mip-NeRF 360 or Tanks and Temples scene (150 to 300 views), the regime Compact-3DGS reports. `.skz` stores
+the hash table at {SKZ_BITS_NOTE}.
 
 {chr(10).join(lines)}
 
