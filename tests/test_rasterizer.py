@@ -232,7 +232,12 @@ def test_cpu_backend_matches_torch_reference(cpu_ext, kw):
     # Same culling and tile lists.
     assert torch.equal(out[2]["radii"], ref[2]["radii"])
     assert torch.equal(out[2]["flatten_ids"], ref[2]["flatten_ids"])
-    assert torch.equal(out[2]["isect_ids"], ref[2]["isect_ids"])
+    # isect_ids are (tile << 32 | depth key): the tiles must match exactly; the depth keys may differ
+    # by an ulp, because torch's matmul rounds the camera-space z differently on some CPUs (FMA)
+    # than the kernel's scalar code. flatten_ids above already pins the resulting order.
+    ids, ref_ids = out[2]["isect_ids"], ref[2]["isect_ids"]
+    assert torch.equal(ids >> 32, ref_ids >> 32)
+    assert ((ids & 0xFFFFFFFF) - (ref_ids & 0xFFFFFFFF)).abs().max() <= 2
     assert torch.equal(out[2]["tiles_per_gauss"], ref[2]["tiles_per_gauss"])
     assert torch.equal(out[2]["isect_offsets"], ref[2]["isect_offsets"])
     assert (out[1] > 0.999).float().mean() > 0.1  # deep enough to exercise early termination
