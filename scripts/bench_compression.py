@@ -304,7 +304,8 @@ def main() -> None:
     load_note = "machine load unknown" if load_before is None else f"load average {load_before:.1f} at the start"
     text = f"""## Compression: Compact-3DGS masks, R-VQ and hash-grid colour
 
-`python scripts/bench_compression.py --write` on {machine_info()}; {load_note}; {total / 60:.0f} min in all.
+`python scripts/bench_compression.py --write` on {machine_info()}; {load_note}; {total / 60:.0f} min in all
+(finished runs reused: this counts only what the call itself trained and scored).
 Dense: the synthetic scene (seed 0) at {'80x60' if args.quick else '400x300'}, 49 views, every 8th held out
 for testing; `3dgs` is the `fast` preset's schedule with 3DGS's SH degree 3 (the baseline; `3dgs-sh1` is
 the preset as is, `3dgs-fewer` densifies with grow_grad2d {FEWER_GROW_GRAD2D:g}), `masks` and `masks+rvq` add those settings of `compact`, `compact` is the full preset

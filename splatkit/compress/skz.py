@@ -59,7 +59,7 @@ Encoding choices and their precision:
   name ends in one of :data:`HASH_TABLE_SUFFIXES` (``hash_table``, ``embeddings``). All others are
   fp16. Fewer bits mean fewer distinct bytes, which zstd turns into a smaller section: on the
   400x300 synthetic scene a 6-bit hash table is about a third smaller than an 8-bit one, for
-  0.05 dB of test PSNR (``docs/benchmarks.md``, "Compression at 5000 steps").
+  0.04 to 0.10 dB of test PSNR (``docs/benchmarks.md``, rows "skz, N-bit table").
 * Before zstd (default level 19), every section is reordered so zstd sees like with like: the
   array is viewed as ``[shape[0], rest]`` and transposed (one attribute channel at a time), then
   byte-shuffled (all first bytes of every value, then all second bytes, ...). The reader undoes

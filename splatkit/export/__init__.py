@@ -134,8 +134,8 @@ def with_baked_sh(model, degree: Optional[int] = None, num_dirs: int = BAKE_DIRE
 
 
 # Bits per hash-table value in .skz. Compact-3DGS stores 8; on the 400x300 synthetic scene 6 bits
-# make the whole file about 15% smaller for 0.05 dB of test PSNR, while 5 and 4 bits cost 0.2 and
-# 0.6 dB (docs/benchmarks.md, "Compression at 5000 steps", rows "skz, N-bit table").
+# make the table a third smaller (the whole file 7 to 15%) for 0.04 to 0.10 dB of test PSNR, where
+# 5 and 4 bits cost 0.2 to 0.4 and 0.6 to 1.7 dB (docs/benchmarks.md, rows "skz, N-bit table").
 SKZ_TABLE_BITS = 6
 
 
