@@ -3,6 +3,7 @@ masks, masks + R-VQ, the hash-grid colour field alone and the full Compact-3DGS 
 CVPR 2024), in every export format.
 
     .venv/bin/python scripts/bench_compression.py [--write] [--quick] [--out outputs/bench_compression]
+    .venv/bin/python scripts/bench_compression.py --steps 5000 [--methods 3dgs,compact] [--write]
 
 Two settings:
 
@@ -14,8 +15,13 @@ Two settings:
   scene with its degraded depth prior (as `splatkit benchmark --suite synthetic` makes it), the `sparse`
   preset with and without the compact options of `configs/compact.json`.
 
+``--steps N`` runs dense methods (default ``3dgs`` and ``compact``) with every step-valued setting of the
+presets stretched from 2000 to N steps, into its own section of docs/benchmarks.md. ``--methods`` picks
+methods to train and score, so that two processes can share the runs (one core each); a last call
+without it reuses them and writes the table.
+
 Every file is scored by ``evaluate_run(run, splats=FILE)``, so the PSNR is that of what the file
-holds. Finished runs are reused (delete OUT/runs/NAME to retrain). ``--quick`` is a smoke test on
+holds; a colour-field run's ``.skz`` is also scored at other hash-table bit depths. Finished runs are reused (delete OUT/runs/NAME to retrain). ``--quick`` is a smoke test on
 tiny scenes with 120 steps; its numbers mean nothing and it refuses ``--write``.
 """
 
