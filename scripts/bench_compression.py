@@ -21,8 +21,8 @@ methods to train and score, so that two processes can share the runs (one core e
 without it reuses them and writes the table.
 
 Every file is scored by ``evaluate_run(run, splats=FILE)``, so the PSNR is that of what the file
-holds; a colour-field run's ``.skz`` is also scored at other hash-table bit depths. Finished runs are reused (delete OUT/runs/NAME to retrain). ``--quick`` is a smoke test on
-tiny scenes with 120 steps; its numbers mean nothing and it refuses ``--write``.
+holds; a colour-field run's ``.skz`` is also scored at other hash-table bit depths. Finished runs are
+reused (delete OUT/runs/NAME to retrain). ``--quick`` is a smoke test on tiny scenes with 120 steps; its numbers mean nothing and it refuses ``--write``.
 """
 
 from __future__ import annotations
@@ -191,6 +191,21 @@ def score(run: Path, formats) -> list[dict]:
     return rows
 
 
+def print_rows(rows: list[dict]) -> None:
+    for r in rows:
+        print(f"   {r['format']:>15}: {r['bytes']:>10,} bytes  {r['gaussians']:>7,} Gaussians  "
+              f"PSNR {r['psnr']:.2f} dB", flush=True)
+
+
+def pick_methods(names: str, known: list[str]) -> list[str]:
+    """``names`` (comma-separated) checked against ``known``; exits with the list when one is not."""
+    chosen = names.split(",")
+    unknown = [n for n in chosen if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    return chosen
+
+
 def fmt_row(setting: str | None, name: str, r: dict, base: dict) -> str:
     """One table row; ``setting`` None leaves that column out."""
     ratio = base["bytes"] / r["bytes"]
@@ -233,10 +248,7 @@ def main() -> None:
     results, times, bakes, steps = {}, {}, {}, {}
     chosen = methods()
     if args.methods:
-        names = args.methods.split(",")
-        unknown = sorted(set(names) - {m[1] for m in chosen})
-        if unknown:
-            parser.error(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(m[1] for m in chosen)}")
+        names = pick_methods(args.methods, [m[1] for m in chosen])
         chosen = [m for m in chosen if m[1] in names]
     for setting, name, preset, overrides, formats in chosen:
         run = out / "runs" / f"{setting}-{name}"
@@ -249,9 +261,7 @@ def main() -> None:
         bake = next((r["bake"] for r in results[(setting, name)] if r["bake"]), None)
         if bake:
             bakes[(setting, name)] = bake
-        for r in results[(setting, name)]:
-            print(f"   {r['format']:>15}: {r['bytes']:>10,} bytes  {r['gaussians']:>7,} Gaussians  "
-                  f"PSNR {r['psnr']:.2f} dB", flush=True)
+        print_rows(results[(setting, name)])
     total = time.perf_counter() - start
     if args.methods:
         print("trained and scored the chosen methods; run without --methods for the table")
@@ -337,12 +347,9 @@ other jobs): {timing}.
 def long_schedule(args) -> None:
     """The dense setting's methods with the schedule stretched to ``args.steps``: run folders
     ``dense-<steps>steps-<method>``, section ``bench_compression_<steps>`` of docs/benchmarks.md."""
-    names = args.methods.split(",") if args.methods else list(LONG_METHODS)
     known = {name: (preset, overrides, formats) for setting, name, preset, overrides, formats in methods()
              if setting == "dense"}
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise SystemExit(f"unknown dense method(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    names = pick_methods(args.methods, list(known)) if args.methods else list(LONG_METHODS)
     load_before = load_average()
     start = time.perf_counter()
     dense = scenes(args.out, False, args.scene)["dense"]
@@ -355,9 +362,7 @@ def long_schedule(args) -> None:
         summary = train(run, preset, {**dense, **values, "device": "cpu"}, quiet=not args.verbose)
         times[name] = (summary["train_time_s"], summary["num_gaussians"])
         results[name] = score(run, formats)
-        for r in results[name]:
-            print(f"   {r['format']:>15}: {r['bytes']:>10,} bytes  {r['gaussians']:>7,} Gaussians  "
-                  f"PSNR {r['psnr']:.2f} dB", flush=True)
+        print_rows(results[name])
     total = time.perf_counter() - start
 
     baseline = names[0]

@@ -336,9 +336,13 @@ def _check_color_field(cf) -> None:
 def quantize_levels(cf: dict) -> int:
     """``levels`` (largest stored value) of the colour field's quantised tensors: ``2**bits - 1``
     for ``config["quantize_bits"]`` (1..8, default 8)."""
-    bits = cf["config"].get("quantize_bits", 8)
+    return levels_for_bits(cf["config"].get("quantize_bits", 8), 'colour-field config "quantize_bits"')
+
+
+def levels_for_bits(bits, what: str = "bits") -> int:
+    """``2**bits - 1`` for ``bits`` in 1..8; else a SplatkitError naming ``what``."""
     if not _is_int(bits) or not 1 <= bits <= 8:
-        raise SplatkitError(f'colour-field config "quantize_bits" must be an integer in 1..8, got {bits!r}')
+        raise SplatkitError(f"{what} must be an integer in 1..8, got {bits!r}")
     return (1 << bits) - 1
 
 
@@ -679,10 +683,11 @@ def _check_section_entry(i: int, s, fail) -> None:
         if not ok:
             raise fail(f"section {name!r}: params must be {{offset: [3 numbers], scale: [3 positive numbers]}}")
     elif s["encoding"] == "u8_minmax":
+        levels = params.get("levels", _MAX_LEVELS) if isinstance(params, dict) else None
         ok = (isinstance(params, dict) and set(params) in ({"min", "max"}, {"min", "max", "levels"})
               and _is_num(params["min"]) and _is_num(params["max"]) and params["min"] <= params["max"]
               and max(abs(params["min"]), abs(params["max"])) <= _F32_MAX
-              and (_is_int(params.get("levels", _MAX_LEVELS)) and 1 <= params.get("levels", _MAX_LEVELS) <= _MAX_LEVELS))
+              and _is_int(levels) and 1 <= levels <= _MAX_LEVELS)
         if not ok:
             raise fail(f"section {name!r}: params must be {{min, max[, levels]}}: finite numbers with min <= max, "
                        f"levels an integer in 1..{_MAX_LEVELS}")

@@ -135,7 +135,7 @@ def with_baked_sh(model, degree: Optional[int] = None, num_dirs: int = BAKE_DIRE
 
 # Bits per hash-table value in .skz. Compact-3DGS stores 8; on the 400x300 synthetic scene 6 bits
 # make the table a third smaller (the whole file 7 to 15%) for 0.04 to 0.10 dB of test PSNR, where
-# 5 and 4 bits cost 0.2 to 0.4 and 0.6 to 1.7 dB (docs/benchmarks.md, rows "skz, N-bit table").
+# 5 and 4 bits cost 0.2 to 0.4 and 0.8 to 1.7 dB (docs/benchmarks.md, rows "skz, N-bit table").
 SKZ_TABLE_BITS = 6
 
 
@@ -215,9 +215,10 @@ def export_run(run_dir, fmt: str = "ply", out: Optional[str | Path] = None, chec
     from splatkit.models.gaussians import checkpoint_normalization
     from splatkit.train.run import Run
 
+    from splatkit.compress.skz import levels_for_bits
+
     fmt = check_format(fmt)
-    if not (isinstance(table_bits, int) and 1 <= table_bits <= 8):
-        raise SplatkitError(f"table_bits (bits per hash-table value in skz) must be in 1..8, got {table_bits!r}")
+    levels_for_bits(table_bits, "table_bits (bits per hash-table value in skz)")  # fail before loading anything
     target = Path(out) if out is not None else None
     if target is not None:
         check_output_name(fmt, target)  # before loading anything: a typo fails fast
