@@ -154,6 +154,7 @@ def test_compact_config_defaults_follow_the_paper_and_bad_values_fail():
     for bad, message in [({"rvq_attributes": ["means"]}, "cannot code means"),
                          ({"rvq": True, "color_field": True, "rvq_attributes": ["shN"]}, "shN needs"),
                          ({"mask_threshold": 1.5}, "mask_threshold"),
+                         ({"color_field_output": "relu"}, "color_field_output"),
                          ({"rvq_codebook_size": 0}, "rvq_codebook_size"),
                          ({"rvq": True, "rvq_start": 100}, "rvq_start")]:
         with pytest.raises(SplatkitError, match=message):

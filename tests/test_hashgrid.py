@@ -16,7 +16,7 @@ from splatkit.models.color_field import (
     sh_colors,
 )
 from splatkit.models.hashgrid import HashGrid, HashGridConfig, contract_to_unit_ball
-from splatkit.render.sh import eval_sh
+from splatkit.render.sh import SH_C0, eval_sh
 
 PRIMES = (1, 2654435761, 805459861)
 
@@ -242,6 +242,26 @@ def test_color_field_shapes_range_and_cameras():
         field.colors_for_cameras(means, torch.eye(4))
     with pytest.raises(SplatkitError):
         ColorField(ColorFieldConfig(scene_bound=0.0))
+
+
+def test_color_field_sh0_output_is_the_rasterisers_dc_colour():
+    torch.manual_seed(0)
+    sig, dc = _small_field(), _small_field(output="sh0")
+    dc.load_state_dict(sig.state_dict())
+    means, dirs = torch.randn(40, 3), torch.randn(40, 3)
+    raw = torch.logit(sig(means, dirs).double()).float()  # the MLP's raw output, through the sigmoid's inverse
+    torch.testing.assert_close(dc(means, dirs), (raw * SH_C0 + 0.5).clamp_min(0), rtol=1e-4, atol=1e-5)
+    # Unbounded above, clamped at 0 below (with no gradient there), as per-Gaussian SH renders.
+    with torch.no_grad():
+        dc.head[-1].bias.copy_(torch.tensor([-50.0, 0.0, 50.0]))
+    out = dc(means, dirs)
+    assert (out[:, 0] == 0).all() and (out[:, 2] > 1).all()
+    # The choice travels with the config (checkpoints and .skz rebuild the field from it).
+    from splatkit.compress.compact import color_field_from_dict, color_field_to_dict
+
+    assert color_field_from_dict(color_field_to_dict(dc)).config.output == "sh0"
+    with pytest.raises(SplatkitError, match="output"):
+        _small_field(output="tanh")
 
 
 def test_color_field_default_hyperparameters():

@@ -9,10 +9,11 @@ Hyperparameters follow the authors' code (github.com/maincold2/Compact-3DGS,
 features, ``T = 2**19`` (``--max_hashmap``; 2**16 for NeRF-synthetic), base resolution 16,
 per-level scale 1.447; degree-3 SH direction encoding (16 values); MLP with 2 hidden layers of
 64 ReLU units and 3 outputs; the Gaussian centre is detached and contracted with the aabb
-``[-1, 1]^3`` (mip-NeRF 360 contraction, then ``/4 + 0.5``). Differences, on purpose: the
-output goes through a sigmoid (the authors feed the raw output to the rasteriser as a DC SH
-coefficient), directions are fed to the SH basis as unit vectors in splatkit/gsplat's
-convention, and the linear layers have biases (tiny-cuda-nn's fused MLP has none).
+``[-1, 1]^3`` (mip-NeRF 360 contraction, then ``/4 + 0.5``). Differences, on purpose: by
+default the output goes through a sigmoid (``output="sh0"`` is the authors' choice: the raw output
+is a DC SH coefficient; docs/benchmarks.md compares the two), directions are fed to the SH basis as
+unit vectors in splatkit/gsplat's convention, and the linear layers have biases (tiny-cuda-nn's
+fused MLP has none).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from torch import Tensor
 
 from splatkit.errors import SplatkitError
 from splatkit.models.hashgrid import HashGrid, HashGridConfig, contract_to_unit_ball
-from splatkit.render.sh import MAX_SH_DEGREE, eval_sh, num_sh_bases, sh_basis
+from splatkit.render.sh import MAX_SH_DEGREE, SH_C0, eval_sh, num_sh_bases, sh_basis
+
+
+FIELD_OUTPUTS = ("sigmoid", "sh0")
 
 
 @dataclass
@@ -44,6 +48,11 @@ class ColorFieldConfig:
     scene_bound: float = 1.0
     # Compact-3DGS detaches the centres: the colour field does not move the Gaussians.
     detach_means: bool = True
+    # How the MLP's 3 outputs become a colour. "sh0": the authors' choice, the output is a DC SH
+    # coefficient, colour = max(C0 * out + 0.5, 0) as the rasteriser shows per-Gaussian SH (no
+    # saturation: dark and fully saturated colours get the full gradient). "sigmoid": squashed
+    # into (0, 1), which slows learning near black and saturated colours.
+    output: str = "sigmoid"
 
 
 class ColorField(torch.nn.Module):
@@ -58,6 +67,8 @@ class ColorField(torch.nn.Module):
             raise SplatkitError("ColorField needs hidden_dim >= 1 and n_hidden_layers >= 1")
         if not (math.isfinite(config.scene_bound) and config.scene_bound > 0):
             raise SplatkitError(f"scene_bound must be a positive number, got {config.scene_bound}")
+        if config.output not in FIELD_OUTPUTS:
+            raise SplatkitError(f"colour-field output must be one of {', '.join(FIELD_OUTPUTS)}; got {config.output!r}")
         self.grid = HashGrid(config.grid)
         h = config.hidden_dim
         # The first layer is split in a position part and a direction part: the position part
@@ -88,7 +99,10 @@ class ColorField(torch.nn.Module):
         h_pos = self.encode_positions(means)
         d = view_dirs / view_dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         h = h_pos + self.dir_in(sh_basis(self.config.dir_sh_degree, d).to(h_pos.dtype))
-        return torch.sigmoid(self.head(h))
+        out = self.head(h)
+        if self.config.output == "sh0":
+            return (out * SH_C0 + 0.5).clamp_min(0.0)
+        return torch.sigmoid(out)
 
     def colors_for_cameras(self, means: Tensor, camtoworlds: Tensor) -> Tensor:
         """Colours ``[C, N, 3]`` seen from each camera centre (for ``rasterization(sh_degree=None)``)."""

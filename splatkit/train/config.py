@@ -187,6 +187,9 @@ class TrainConfig:
     """Colour the Gaussians with a hash-grid neural field (:class:`splatkit.models.color_field.ColorField`)
     instead of per-Gaussian SH; exports to formats without a field bake it to SH of ``sh_degree``."""
     color_field_lr: float = 1e-2
+    color_field_output: Literal["sigmoid", "sh0"] = "sigmoid"
+    """How the field's MLP output becomes a colour: ``sh0`` is a DC SH coefficient, rendered as
+    ``max(C0 * out + 0.5, 0)`` like per-Gaussian SH (Compact-3DGS' code); ``sigmoid`` squashes it into (0, 1)."""
     color_field_log2_hashmap_size: int = 19
     """log2 of the hash-table size per level (Compact-3DGS: 19 for real scenes, 16 for NeRF-synthetic)."""
     color_field_levels: int = 16
@@ -269,6 +272,7 @@ class TrainConfig:
                               ("background", ("black", "white", "random")),
                               ("init", ("auto", "sfm", "random")),
                               ("mask_loss", ("bce", "l1")),
+                              ("color_field_output", ("sigmoid", "sh0")),
                               ("depth_prior_kind", ("depth", "inverse"))):
             if getattr(c, name) not in allowed:
                 raise SplatkitError(f"{name} must be one of {', '.join(allowed)}; got {getattr(c, name)!r}")

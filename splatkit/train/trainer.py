@@ -473,7 +473,7 @@ class Trainer:
         cfg = self.config
         grid = HashGridConfig(n_levels=cfg.color_field_levels, log2_hashmap_size=cfg.color_field_log2_hashmap_size,
                               seed=cfg.seed)
-        return ColorField(ColorFieldConfig(grid=grid, scene_bound=cfg.color_field_bound))
+        return ColorField(ColorFieldConfig(grid=grid, scene_bound=cfg.color_field_bound, output=cfg.color_field_output))
 
     def _prepare_compact(self) -> None:
         """Settings the model and quantizers take from the config, fresh or resumed."""
