@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import platform
 import re
 from pathlib import Path
 
 import torch
+
+from splatkit.utils.atomic import write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -36,17 +39,22 @@ def load_average() -> float | None:
 
 
 def write_section(name: str, text: str) -> Path:
-    """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` (appended when absent)."""
+    """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` (appended when absent).
+
+    Benchmarks often run side by side (one per core): the read-modify-write holds an exclusive lock
+    so that two of them finishing together cannot drop each other's section."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     block = f"{start}\n{text.rstrip()}\n{end}"
-    if DOC.exists():
-        doc = DOC.read_text()
-        if start in doc and end in doc:
-            doc = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
+    with open(DOC.with_name(DOC.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if DOC.exists():
+            doc = DOC.read_text()
+            if start in doc and end in doc:
+                doc = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, doc, flags=re.S)
+            else:
+                doc = doc.rstrip() + "\n\n" + block + "\n"
         else:
-            doc = doc.rstrip() + "\n\n" + block + "\n"
-    else:
-        doc = "# Benchmarks\n\n" + block + "\n"
-    DOC.write_text(doc)
+            doc = "# Benchmarks\n\n" + block + "\n"
+        write_text_atomic(DOC, doc)
     return DOC
