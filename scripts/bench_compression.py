@@ -60,6 +60,8 @@ TABLE_BITS_SWEEP = (8, 5, 4)
 # How the .skz rows quantise the hash table, for the section texts.
 SKZ_BITS_NOTE = (f"{SKZ_TABLE_BITS} bits (`splatkit export`'s default; Compact-3DGS uses 8), the rows `skz, N-bit table` at "
                  f"N bits")
+# Milder mask losses than compact's 0.01 (the `masks-lambdaX` rows): the masks' count / PSNR trade-off.
+MASK_LAMBDA_SWEEP = (0.003, 0.001)
 # Methods a longer schedule runs by default: the baseline and the full pipeline.
 LONG_METHODS = ("3dgs", "compact")
 
@@ -106,10 +108,16 @@ def methods() -> list[tuple[str, str, str, dict, tuple[str, ...]]]:
         # threshold: what the Gaussian count alone is worth at this schedule.
         ("dense", "3dgs-fewer", "fast", {**sh3, "grow_grad2d": FEWER_GROW_GRAD2D}, ("ply",)),
         ("dense", "masks", "fast", {**sh3, **masks}, ("ply", "skz")),
+        *[("dense", f"masks-lambda{lam:g}", "fast", {**sh3, **masks, "mask_lambda": lam}, ("ply",))
+          for lam in MASK_LAMBDA_SWEEP],
         ("dense", "masks+rvq", "fast", {**sh3, **masks, **rvq}, ("ply", "skz")),
         # The colour field alone: what it costs against per-Gaussian SH at this schedule.
         ("dense", "field", "compact", {"gaussian_masks": False, "rvq": False}, ("ply", "skz")),
+        # The field's MLP output as a DC SH coefficient (the authors' code) instead of a sigmoid.
+        ("dense", "field-sh0", "compact", {"gaussian_masks": False, "rvq": False, "color_field_output": "sh0"},
+         ("ply", "skz")),
         ("dense", "compact", "compact", {}, ALL_FORMATS),
+        ("dense", "compact-sh0", "compact", {"color_field_output": "sh0"}, ("ply", "skz")),
         ("sparse", "sparse", "sparse", {}, ("ply", "skz")),
         ("sparse", "sparse+compact", "sparse", opts, ALL_FORMATS),
     ]
@@ -164,7 +172,12 @@ def _comparable(config: dict) -> dict:
 
 
 def _trained_with(run: Path) -> dict:
-    return _comparable(json.loads((run / "config.json").read_text()))
+    """The run's config, options added to TrainConfig since it was trained at their defaults (a new
+    option's default keeps the old behaviour, so such a run is still what the settings ask for)."""
+    from splatkit.train.config import TrainConfig
+
+    saved = json.loads((run / "config.json").read_text())
+    return _comparable({**{k: v for k, v in TrainConfig().to_dict().items() if k not in saved}, **saved})
 
 
 def score(run: Path, formats) -> list[dict]:
@@ -312,6 +325,25 @@ def main() -> None:
                       f"{masks['psnr']:.2f} dB ({masks['psnr'] - base['psnr']:+.2f} dB). At this {base_steps}-step "
                       f"schedule each halving of the count costs "
                       f"{' and '.join(f'{d:+.2f} dB' for d in per_halving)} respectively")
+    mask_rows = [(lam, next(r for r in results[("dense", name)] if r["format"] == "ply"))
+                 for lam, name in ((compact_options()["mask_lambda"], "masks"),
+                                   *((lam, f"masks-lambda{lam:g}") for lam in MASK_LAMBDA_SWEEP))
+                 if ("dense", name) in results]
+    if len(mask_rows) > 1:
+        base = next(r for r in results[("dense", "3dgs")] if r["format"] == "ply")
+        both = [lam for lam, r in mask_rows
+                if r["gaussians"] <= TARGET_MASK_KEEP * base["gaussians"] and base["psnr"] - r["psnr"] <= TARGET_LOSS_DB]
+        checks.append("dense: the masks' trade-off (mask_lambda: share of the 3DGS Gaussians kept, PSNR vs 3DGS): "
+                      + "; ".join(f"{lam:g}: {r['gaussians'] / base['gaussians']:.0%}, {r['psnr'] - base['psnr']:+.2f} dB"
+                                  for lam, r in mask_rows)
+                      + f". {'Keeping' if both else 'None keeps'} <= {TARGET_MASK_KEEP:.0%} at >= -{TARGET_LOSS_DB} dB"
+                      + (f" with mask_lambda {', '.join(f'{lam:g}' for lam in both)}" if both else ""))
+    for name, plain in (("field-sh0", "field"), ("compact-sh0", "compact")):
+        if ("dense", name) in results and ("dense", plain) in results:
+            a, b = (next(r for r in results[("dense", n)] if r["format"] == "skz") for n in (name, plain))
+            checks.append(f"dense / {name}: the field's output as a DC SH coefficient instead of a sigmoid: "
+                          f"`.skz` {a['psnr']:.2f} dB with {a['gaussians']:,} Gaussians in {a['bytes'] / 1e3:.0f} kB, "
+                          f"against {b['psnr']:.2f} dB with {b['gaussians']:,} in {b['bytes'] / 1e3:.0f} kB ({plain})")
     for (setting, name), b in bakes.items():
         checks.append(f"{setting} / {name}: baking the colour field to SH degree {b['sh_degree']} for the "
                       f"other formats costs {b['loss_db']:.2f} dB ({b['psnr_field']:.2f} dB with the field, "
@@ -324,8 +356,10 @@ def main() -> None:
 (finished runs reused: this counts only what the call itself trained and scored).
 Dense: the synthetic scene (seed 0) at {'80x60' if args.quick else '400x300'}, 49 views, every 8th held out
 for testing; `3dgs` is the `fast` preset's schedule with 3DGS's SH degree 3 (the baseline; `3dgs-sh1` is
-the preset as is, `3dgs-fewer` densifies with grow_grad2d {FEWER_GROW_GRAD2D:g}), `masks` and `masks+rvq` add those settings of `compact`, `compact` is the full preset
-(masks, hash-grid colour, R-VQ of scales and rotations) and `field` is it without masks and R-VQ. Sparse: 3 views (DTU ids 25, 22, 28)
+the preset as is, `3dgs-fewer` densifies with grow_grad2d {FEWER_GROW_GRAD2D:g}), `masks` and `masks+rvq` add those settings of `compact`
+(`masks-lambdaX`: the masks with mask_lambda X instead of {compact_options()["mask_lambda"]:g}), `compact` is the full preset
+(masks, hash-grid colour, R-VQ of scales and rotations) and `field` is it without masks and R-VQ (`-sh0`: with
+color_field_output sh0). Sparse: 3 views (DTU ids 25, 22, 28)
 of the {'80x60' if args.quick else '200x150'} synthetic scene with its degraded depth prior, the `sparse`
 preset without and with the compact options. Each file is exported by `splatkit export` and scored by
 `evaluate_run(run, splats=FILE)` on the test views; ratios and PSNR differences are against the setting's
