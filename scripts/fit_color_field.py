@@ -2,7 +2,7 @@
 
 The geometry is held fixed (the run's final Gaussians); a fresh hash-grid colour field is fitted to
 the colours the run's SH give each Gaussian as seen from its training cameras (opacity-weighted L1,
-one camera per step, Adam with the field's settings in splatkit's trainer), and the test views are
+one camera per step, Adam at a constant rate with the trainer's eps), and the test views are
 rendered with the field's colours instead of the SH. The PSNR drop is what the field costs when
 geometry is not the issue: it separates the field's capacity from the joint-training effects that
 bench_compression.py measures.
