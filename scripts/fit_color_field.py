@@ -62,13 +62,13 @@ def fit(run_dir: Path, log2_table: int, bound: float, output: str, steps: int, l
         opt.step()
     fit_s = time.perf_counter() - t0
 
-    test_scene, _, test_pos = run.views("test")
+    test_pos = scene.index_of(run.split()[1])  # the scene run.views("train") loaded holds both splits
     settings = settings_for(run.config, 4, "cpu")
 
     def mean_test_psnr() -> float:
         with torch.no_grad():
-            return float(np.mean([float(psnr(rgb, test_scene.images[test_pos[i]]))
-                                  for i, rgb, _, _ in render_views(model, test_scene.cameras[test_pos], settings)]))
+            return float(np.mean([float(psnr(rgb, scene.images[test_pos[i]]))
+                                  for i, rgb, _, _ in render_views(model, scene.cameras[test_pos], settings)]))
 
     sh_psnr = mean_test_psnr()
     model.color_field = field  # render() colours from the field when it has one

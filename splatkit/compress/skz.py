@@ -120,6 +120,7 @@ _COLOR_PREFIX = "color_field/"
 _F32_MAX = float(np.finfo(np.float32).max)
 _OPACITY_EPS = 0.5 / 255.0  # half a quantisation step: u8 0 and 255 decode to finite logits
 _MAX_LEVELS = 255  # u8_minmax: the largest stored value, and the default ``levels``
+DEFAULT_QUANTIZE_BITS = 8  # a colour-field config without "quantize_bits" (version-1 files)
 
 
 # -- the in-memory model ------------------------------------------------------------------------
@@ -336,7 +337,12 @@ def _check_color_field(cf) -> None:
 def quantize_levels(cf: dict) -> int:
     """``levels`` (largest stored value) of the colour field's quantised tensors: ``2**bits - 1``
     for ``config["quantize_bits"]`` (1..8, default 8)."""
-    return levels_for_bits(cf["config"].get("quantize_bits", 8), 'colour-field config "quantize_bits"')
+    return levels_for_bits(quantize_bits(cf), 'colour-field config "quantize_bits"')
+
+
+def quantize_bits(cf: dict):
+    """The colour field's ``config["quantize_bits"]`` as stored (unchecked), 8 when absent."""
+    return cf["config"].get("quantize_bits", DEFAULT_QUANTIZE_BITS)
 
 
 def levels_for_bits(bits, what: str = "bits") -> int:

@@ -95,7 +95,7 @@ def write_splats(path: str | Path, fmt: str, splats: dict, sh_degree: int) -> Fo
 
 
 def _write_skz(path: Path, compact) -> FormatExport:
-    from splatkit.compress.skz import RVQ, write_skz
+    from splatkit.compress.skz import RVQ, quantize_bits, write_skz
 
     write_skz(path, compact)
     notes = format_notes("skz")
@@ -105,7 +105,7 @@ def _write_skz(path: Path, compact) -> FormatExport:
         notes += f"; R-VQ codes ({cb.shape[0]} x {cb.shape[1]}) for {', '.join(coded)}"
     if compact.color_field is not None:
         notes += (f"; a hash-grid colour field instead of SH (hash table at "
-                  f"{compact.color_field['config'].get('quantize_bits', 8)} bits)")
+                  f"{quantize_bits(compact.color_field)} bits)")
     return FormatExport(path, "skz", compact.n, 0, int(compact.sh_degree), notes)
 
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from splatkit.errors import SplatkitError
 from splatkit.models.hashgrid import HashGrid, HashGridConfig, contract_to_unit_ball
-from splatkit.render.sh import MAX_SH_DEGREE, SH_C0, eval_sh, num_sh_bases, sh_basis
+from splatkit.render.sh import MAX_SH_DEGREE, eval_sh, num_sh_bases, sh_basis, sh_to_rgb
 
 
 FIELD_OUTPUTS = ("sigmoid", "sh0")
@@ -101,7 +101,7 @@ class ColorField(torch.nn.Module):
         h = h_pos + self.dir_in(sh_basis(self.config.dir_sh_degree, d).to(h_pos.dtype))
         out = self.head(h)
         if self.config.output == "sh0":
-            return (out * SH_C0 + 0.5).clamp_min(0.0)
+            return sh_to_rgb(out).clamp_min(0.0)
         return torch.sigmoid(out)
 
     def colors_for_cameras(self, means: Tensor, camtoworlds: Tensor) -> Tensor:
