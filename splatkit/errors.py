@@ -20,7 +20,3 @@ class SplatkitError(Exception):
 
 class DataError(SplatkitError):
     """A dataset folder or file that cannot be read or is inconsistent."""
-
-
-class NotBuiltError(SplatkitError):
-    """A feature that exists in the CLI but is not implemented yet."""

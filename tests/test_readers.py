@@ -23,6 +23,9 @@ from splatkit.data.readers import colmap, dtu_idr, dtu_rectified, llff, transfor
 from splatkit.data.readers.llff import llff_to_opencv_rotation
 from splatkit.errors import DataError
 
+# The COLMAP and nerfstudio fixtures have lens distortion; its warning is tested in test_distortion.py.
+pytestmark = pytest.mark.filterwarnings("ignore:.*cameras have lens distortion:UserWarning")
+
 W, H = 32, 24
 N_VIEWS = 4
 # Distinct bright-pixel locations per view (i = column, j = row), so swapped images are caught.
@@ -255,6 +258,7 @@ def test_nerfstudio_per_frame_intrinsics_masks_splits(tmp_path):
     (tmp_path / "transforms.json").write_text(json.dumps(meta))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", "4 of 4 cameras have lens distortion")  # tests/test_distortion.py
         scene = load_scene(tmp_path)
     check_geometry(scene, Ks, c2ws)
     check_dots(scene, Ks, c2ws)

@@ -35,28 +35,6 @@ def to_float01(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def read_rgb(path: str | Path, background: tuple[float, float, float] | None = None) -> np.ndarray:
-    """float32 [H, W, 3] in [0, 1]. RGBA is composited on ``background`` (default: alpha dropped)."""
-    img = to_float01(read_image_raw(path))
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-    if img.shape[-1] == 4:
-        rgb, alpha = img[..., :3], img[..., 3:4]
-        img = rgb * alpha + np.asarray(background, np.float32) * (1 - alpha) if background is not None else rgb
-    elif img.shape[-1] != 3:
-        raise DataError(f"expected 1, 3 or 4 channels, found {img.shape[-1]}", path)
-    return np.ascontiguousarray(np.clip(img, 0.0, 1.0), dtype=np.float32)
-
-
-def read_rgba(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(rgb [H,W,3], alpha [H,W] or None)."""
-    img = to_float01(read_image_raw(path))
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=-1)
-    alpha = img[..., 3] if img.shape[-1] == 4 else None
-    return np.ascontiguousarray(img[..., :3], dtype=np.float32), alpha
-
-
 def read_mask(path: str | Path) -> np.ndarray:
     """float32 [H, W] in [0, 1]; colour masks use their first channel, RGBA their alpha."""
     img = to_float01(read_image_raw(path))

@@ -12,9 +12,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from splatkit.errors import SplatkitError
+from splatkit.resources import splits_dir
 from splatkit.utils.jsonfile import read_json_object
 
-SPLITS_DIR = Path(__file__).resolve().parents[2] / "data" / "splits"
+SPLITS_DIR = splits_dir()
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,9 @@ from torch import Tensor
 
 from splatkit.errors import SplatkitError
 from splatkit.render.torch_impl import Projection, TileBins
+from splatkit.resources import cpu_sources_dir
 
-SOURCE_DIR = Path(__file__).resolve().parents[2] / "cuda" / "cpu"
+SOURCE_DIR = cpu_sources_dir()
 SOURCES = ("rasterize_cpu.cpp", "project_cpu.cpp")
 # -ffp-contract=off: no fused multiply-adds, so the arithmetic rounds as in the PyTorch reference
 # (and the same on every CPU).

@@ -23,6 +23,7 @@ from splatkit.errors import DataError
 
 MASK_DIRS = ("mask", "masks")
 DEPTH_DIR = "depth"
+DISTORTION_NAMES = ("k1", "k2", "p1", "p2", "k3")  # OpenCV order, as in ViewSpec.distortion
 # Same tolerance as splatkit.data.cameras.check_rigid, so a pose accepted here is accepted there.
 RIGID_TOL = 1e-3
 
@@ -220,6 +221,18 @@ def _warn_partial(kind: str, views: Sequence[ViewSpec], have: list[bool], fill: 
                   f"using {fill} for those", stacklevel=3)
 
 
+def _warn_distortion(views: Sequence[ViewSpec], dist: np.ndarray) -> None:
+    """Rendering is pinhole and images are not undistorted, so distorted cameras fit worse: say so."""
+    has = np.any(dist != 0, axis=1)
+    if not has.any():
+        return
+    i = int(np.argmax(has))
+    coeffs = ", ".join(f"{k}={c:.4g}" for k, c in zip(DISTORTION_NAMES, dist[i]) if c != 0)
+    warnings.warn(f"{int(has.sum())} of {len(views)} cameras have lens distortion ({views[i].image_path.name}: "
+                  f"{coeffs}) that splatkit does not apply; undistort the images first "
+                  "(e.g. colmap image_undistorter)", stacklevel=3)
+
+
 def _to_stored_size(arr: np.ndarray, stored: tuple[int, int], what: str, path: Path, reduce) -> np.ndarray:
     """Bring a mask/depth map to the stored image's size: equal, or an integer multiple of it
     (a full-resolution mask beside downsampled images), reduced by ``reduce``."""
@@ -299,6 +312,7 @@ def assemble_scene(views: Sequence[ViewSpec], *, downscale: int, root: Path,
             if v.distortion is not None:
                 dv = np.asarray(v.distortion, dtype=np.float64).ravel()
                 dist[i, : len(dv)] = dv
+        _warn_distortion(views, dist)
     try:
         cams = Cameras(Ks=np.stack(Ks), camtoworlds=np.stack([v.c2w for v in views]),
                        widths=[s[0] for s in sizes], heights=[s[1] for s in sizes], distortion=dist)

@@ -7,7 +7,8 @@ Every registered image must exist in the image folder (extra files there are ign
 leaves images it could not register out of the model).
 
 Supported camera models: SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV (distortion is
-kept in ``Cameras.distortion``; the images are not undistorted).
+kept in ``Cameras.distortion`` but neither rendered nor undone in the images; non-zero
+coefficients give a warning). Other models are an error.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """``transforms.json`` in its three common flavours.
 
 * instant-ngp: ``fl_x``/``fl_y`` or ``camera_angle_x``/``camera_angle_y``, ``cx``, ``cy``, ``w``,
-  ``h``, distortion ``k1 k2 p1 p2``; any of them may be overridden per frame.
+  ``h``, distortion ``k1 k2 p1 p2``; any of them may be overridden per frame. Distortion is kept
+  in ``Cameras.distortion`` but not applied (non-zero coefficients give a warning).
 * nerfstudio: the same keys plus ``camera_model`` and ``k3``; ``file_path`` relative to the json,
   optional per-frame ``mask_path``; ``train_filenames``/``val_filenames``/``test_filenames``
   become ``Scene.splits``. A prebuilt ``images_{d}`` folder replaces ``images/`` for downscale d.
