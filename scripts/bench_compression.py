@@ -184,7 +184,8 @@ def score(run: Path, formats) -> list[dict]:
     """Export the run in each format and score the file. For a colour-field run, ``skz`` is also
     written with the hash table at each of :data:`TABLE_BITS_SWEEP` bits (rows ``skz, N-bit table``)."""
     from splatkit.eval.evaluate import evaluate_run
-    from splatkit.export import SKZ_TABLE_BITS, export_run
+    from splatkit.app import export_run
+    from splatkit.export import SKZ_TABLE_BITS
 
     field = json.loads((run / "config.json").read_text())["color_field"]
     jobs = [(fmt, {}) for fmt in formats]

@@ -37,7 +37,7 @@ def fit(run_dir: Path, log2_table: int, bound: float, output: str, steps: int, l
     from splatkit.eval.metrics import psnr
     from splatkit.models.color_field import ColorField, ColorFieldConfig, sh_colors
     from splatkit.models.hashgrid import HashGridConfig
-    from splatkit.render.video import render_views, settings_for
+    from splatkit.methods.scoring import render_views, settings_for
     from splatkit.train.run import Run
 
     torch.manual_seed(seed)

@@ -17,10 +17,12 @@ import torch
 
 from splatkit.cli.main import main
 from splatkit.compress import compact
+from splatkit.models import color_field
 from splatkit.compress.skz import RVQ, read_skz
 from splatkit.errors import SplatkitError
 from splatkit.eval.evaluate import evaluate_run
-from splatkit.export import (SKZ_TABLE_BITS, SUPPORTED_FORMATS, bake_report, export_run, read_splats_file,
+from splatkit.app import bake_report, export_run
+from splatkit.export import (SKZ_TABLE_BITS, SUPPORTED_FORMATS, read_splats_file,
                              with_baked_sh)
 from splatkit.models.gaussians import GaussianModel
 from splatkit.train import Run, TrainConfig, resolve_config
@@ -148,9 +150,9 @@ def test_compact_config_defaults_follow_the_paper_and_bad_values_fail():
     # Compact-3DGS' 30k-step schedule scaled to 3000 steps.
     assert (c.mask_prune_every, c.rvq_start, c.color_field_warmup, c.color_field_lr_milestones) == \
         (100, 2900, 10, [500, 1500, 2500])
-    assert compact.color_field_lr_factor(0, 10, [500]) == pytest.approx(0.01)
-    assert compact.color_field_lr_factor(10, 10, [500]) == 1.0
-    assert compact.color_field_lr_factor(2600, 10, [500, 1500, 2500]) == pytest.approx(0.33 ** 3)
+    assert color_field.color_field_lr_factor(0, 10, [500]) == pytest.approx(0.01)
+    assert color_field.color_field_lr_factor(10, 10, [500]) == 1.0
+    assert color_field.color_field_lr_factor(2600, 10, [500, 1500, 2500]) == pytest.approx(0.33 ** 3)
     for bad, message in [({"rvq_attributes": ["means"]}, "cannot code means"),
                          ({"rvq": True, "color_field": True, "rvq_attributes": ["shN"]}, "shN needs"),
                          ({"mask_threshold": 1.5}, "mask_threshold"),
@@ -281,10 +283,10 @@ def test_skz_colour_field_config_is_checked_against_its_tensors(compact_run):
 
 def test_view_hemisphere_axis():
     cap = np.array([[0.0, 0.0, 3.0], [1.0, 0.0, 3.0], [0.0, 1.0, 3.0]])
-    axis = compact.view_hemisphere_axis(cap)
+    axis = color_field.view_hemisphere_axis(cap)
     assert axis is not None and axis[2] < -0.9  # cameras above, looking down
     ring = np.array([[3.0, 0.0, 0.0], [-3.0, 0.0, 0.0], [0.0, 3.0, 0.0]])  # seen from all around
-    assert compact.view_hemisphere_axis(ring) is None
+    assert color_field.view_hemisphere_axis(ring) is None
 
 
 def test_baked_sh_export_is_close_to_the_field_render(compact_run):

@@ -106,8 +106,8 @@ def test_patch_normalized_invariant_per_patch_and_detects_shape():
 
 
 def test_dropout_rate_schedule_and_opacity_compensation():
-    cfg = TrainConfig(steps=1000, dropout_gamma=0.2).resolved()
-    drop = GaussianDropout(cfg)
+    cfg = TrainConfig(steps=1000, plugins={"dropout": {"gamma": 0.2}}).resolved()
+    drop = GaussianDropout(cfg, GaussianDropout.Config(**cfg.plugins["dropout"]))
     drop.setup(type("Ctx", (), {"config": cfg})())
     assert drop.rate(0) == 0.0 and drop.rate(500) == pytest.approx(0.1) and drop.rate(1000) == pytest.approx(0.2)
     n = 200_000

@@ -16,7 +16,8 @@ import torch
 
 from splatkit.data.scene import Normalization
 from splatkit.errors import SplatkitError
-from splatkit.export import (DEFAULT_NAMES, check_format, export_run, read_ply_compressed, read_splat,
+from splatkit.app import export_run
+from splatkit.export import (DEFAULT_NAMES, check_format, read_ply_compressed, read_splat,
                              read_splats_file, read_spz, write_ply, write_ply_compressed, write_splat, write_splats,
                              write_spz)
 from splatkit.export.spz import rdf_rub_sh_signs

@@ -258,7 +258,7 @@ def test_unknown_format_and_wrong_suffix(tmp_path):
     with pytest.raises(SplatkitError, match="unknown export format 'obj'"):
         check_format("obj")
     run = make_run(tmp_path, random_splats())
-    from splatkit.export import export_run
+    from splatkit.app import export_run
 
     with pytest.raises(SplatkitError, match="must end in .ply"):
         export_run(run, "ply", out=tmp_path / "model.txt")

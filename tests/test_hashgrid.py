@@ -257,7 +257,7 @@ def test_color_field_sh0_output_is_the_rasterisers_dc_colour():
     out = dc(means, dirs)
     assert (out[:, 0] == 0).all() and (out[:, 2] > 1).all()
     # The choice travels with the config (checkpoints and .skz rebuild the field from it).
-    from splatkit.compress.compact import color_field_from_dict, color_field_to_dict
+    from splatkit.models.color_field import color_field_from_dict, color_field_to_dict
 
     assert color_field_from_dict(color_field_to_dict(dc)).config.output == "sh0"
     with pytest.raises(SplatkitError, match="output"):

@@ -63,7 +63,7 @@ def test_render_matches_the_trainers_own_render(run_dir):
     """Same camera, background and model as the trainer's final preview (GT | render)."""
     import imageio.v3 as iio
 
-    from splatkit.render.video import render_split
+    from splatkit.app import render_split
 
     res = render_split(run_dir, "test", out_dir=run_dir / "renders" / "check")
     preview = iio.imread(run_dir / "previews" / f"step_{STEPS:06d}.png")
@@ -73,7 +73,7 @@ def test_render_matches_the_trainers_own_render(run_dir):
 
 
 def test_render_train_split(run_dir):
-    from splatkit.render.video import render_split
+    from splatkit.app import render_split
 
     res = render_split(run_dir, "train", out_dir=run_dir / "renders" / "train_check")
     assert len(res.images) == VIEWS - len(TEST_IDS)
@@ -99,10 +99,11 @@ def test_orbit_video_has_the_requested_frames(run_dir, tmp_path):
 
 
 def test_without_ffmpeg_a_gif_is_written(run_dir, tmp_path, monkeypatch):
+    from splatkit.app import render_orbit
     from splatkit.render import video as video_mod
 
     monkeypatch.setattr(video_mod, "ffmpeg_available", lambda: (False, "no ffmpeg in this test"))
-    res = video_mod.render_orbit(run_dir, video=tmp_path / "orbit.mp4", n_frames=4)
+    res = render_orbit(run_dir, video=tmp_path / "orbit.mp4", n_frames=4)
     assert res.path == tmp_path / "orbit.gif" and res.path.is_file()
     assert "no ffmpeg in this test" in res.fallback_reason and "GIF" in res.fallback_reason
     assert video_mod.count_video_frames(res.path) == 4

@@ -113,7 +113,7 @@ def test_benchmark_synthetic_suite_end_to_end(tmp_path):
 
 def test_depth_losses_without_a_prior_are_left_out_with_a_warning():
     from splatkit.train.config import resolve_config
-    from splatkit.train.regularizers import regularizer_names
+    from splatkit.methods.plugins import enabled_plugin_names as regularizer_names
 
     with pytest.warns(UserWarning, match="depth losses depth_ranking, depth_continuity are off"):
         names = regularizer_names(resolve_config({}, preset="sparse"))

@@ -19,8 +19,9 @@ from splatkit.train import Run, TrainConfig, resolve_config
 from splatkit.train.config import (load_preset, parse_set_overrides, parse_view_ids, preset_path,
                                    read_overrides)
 from splatkit.train.losses import photometric_loss, ssim_map
-from splatkit.train.regularizers import (Batch, MaskRegularizer, Regularizer, RenderOutputs,
-                                         build_regularizers)
+from splatkit.methods.base import Batch, Plugin, RenderOutputs
+from splatkit.methods.mask_loss import MaskLoss
+from splatkit.methods.plugins import build_plugins
 from splatkit.train.trainer import Trainer, choose_split
 
 W, H = 48, 36  # the size of conftest.py's scene_dir
@@ -157,7 +158,7 @@ def test_existing_run_folder_is_not_overwritten(scene_dir, reference):
 
 
 # -- divergence ----------------------------------------------------------------------------------------
-class NaNAt(Regularizer):
+class NaNAt(Plugin):
     name = "nan_at"
 
     def __init__(self, at: int):
@@ -280,19 +281,19 @@ def test_mask_regularizer():
     mask = torch.zeros(1, 4, 5, 1)
     mask[:, 1:3, 1:4] = 1
     for kind in ("bce", "l1"):
-        reg = MaskRegularizer(TrainConfig(mask_weight=0.5, mask_loss=kind))
+        reg = MaskLoss(TrainConfig(), MaskLoss.Config(weight=0.5, kind=kind))
         good = reg.loss(0, *_batch_and_outputs(mask.clone(), mask))
         bad = reg.loss(0, *_batch_and_outputs(1 - mask, mask))
         assert float(good) < 1e-4 and float(bad) >= 0.5 - 1e-6  # fully wrong: weight x 1 (l1), more (bce)
-    l1 = MaskRegularizer(TrainConfig(mask_weight=0.5, mask_loss="l1"))
+    l1 = MaskLoss(TrainConfig(), MaskLoss.Config(weight=0.5, kind="l1"))
     assert float(l1.loss(0, *_batch_and_outputs(torch.full_like(mask, 0.5), mask))) == pytest.approx(0.25)
 
 
-def test_regularizers_by_name():
-    assert [r.name for r in build_regularizers(TrainConfig(use_masks=True))] == ["mask"]
-    assert build_regularizers(TrainConfig()) == []
-    with pytest.raises(SplatkitError, match="unknown regulariser 'nope'"):
-        build_regularizers(TrainConfig(regularizers=["nope"]))
+def test_plugins_by_name():
+    assert [r.name for r in build_plugins(TrainConfig(use_masks=True))] == ["mask"]
+    assert build_plugins(TrainConfig()) == []
+    with pytest.raises(SplatkitError, match="unknown plugin 'nope'"):
+        build_plugins(TrainConfig(regularizers=["nope"]))
 
 
 def test_use_masks_without_masks_is_an_error(scene_dir, tmp_path):
@@ -312,8 +313,13 @@ def test_presets_flags_and_saved_configs(tmp_path):
     for key, value in fast.items():
         assert getattr(cfg, key) == value, key
     assert cfg.preset == "fast"
-    default = resolve_config({"data": tmp_path})  # the default preset applies without one
-    assert default.preset == "default" and default.steps == load_preset("default")["steps"]
+    # Without a preset the schedule suits the device: 3DGS's 7k steps on CUDA, minutes on a CPU.
+    auto = resolve_config({"data": tmp_path})
+    want = "default" if torch.cuda.is_available() else "cpu"
+    assert auto.preset == want and auto.steps == load_preset(want)["steps"]
+    on_gpu = resolve_config({"data": tmp_path, "device": "cuda"})
+    assert on_gpu.preset == "default" and on_gpu.steps == load_preset("default")["steps"]
+    assert resolve_config({"data": tmp_path, "device": "cpu"}).preset == "cpu"
     # Flags override the preset.
     cfg = resolve_config({"data": tmp_path, "steps": 123, "sh_degree": 0}, preset="fast")
     assert cfg.steps == 123 and cfg.sh_degree == 0 and cfg.refine_every == fast["refine_every"]
@@ -367,7 +373,7 @@ def test_cli_train_resume_and_load_config(scene_dir, tmp_path, capsys):
     run = Run.open(out)
     assert run.split() == ([1, 3, 5, 7], [0, 2, 4, 6, 8, 9])
     assert run.latest_checkpoint().name == "ckpt_000006.pt"
-    assert run.config.preset == "default" and run.config.sh_degree == 0
+    assert run.config.preset == ("default" if torch.cuda.is_available() else "cpu") and run.config.sh_degree == 0
     assert (out / "train_summary.json").is_file()
 
     assert main(["train", "--out", str(out), "--resume", "--steps", "9", "--quiet"]) == 0
@@ -404,7 +410,7 @@ def test_cli_cuda_without_cuda(scene_dir, tmp_path, capsys):
 # -- initialisation --------------------------------------------------------------------------------
 def test_random_init_from_cameras_stays_inside_every_view(scene_dir):
     from splatkit.data import load_scene
-    from splatkit.train.trainer import random_init_points
+    from splatkit.models.init import random_init_points
 
     scene = load_scene(scene_dir)
     scene.depths = None  # bounds from the cameras alone

@@ -97,8 +97,8 @@ def finish_run(run_dir: Path, orbit_frames: int = ORBIT_FRAMES, train_seconds: O
                scene_dir: Optional[Path] = None) -> DemoResult:
     """Evaluate, render the test views and an orbit video, and export the PLY for a trained run."""
     from splatkit.eval.evaluate import evaluate_run
-    from splatkit.export import export_run
-    from splatkit.render.video import render_orbit, render_split
+    from splatkit.app import export_run
+    from splatkit.app import render_orbit, render_split
     from splatkit.train.run import Run
 
     run = Run.open(run_dir)

@@ -85,18 +85,25 @@ class Data:
 
 @dataclass
 class Train:
-    """Train a Gaussian-splat scene from a folder of posed images.
+    """Train a scene (3D Gaussian splats, or another registered --method) from a folder of posed images.
 
-    Settings come from the preset (configs/NAME.json, 'default' unless --load-config/--resume),
-    then a saved config (--load-config), then these flags; --set KEY=VALUE reaches every field of
-    splatkit.train.config.TrainConfig."""
+    Settings come from the preset (configs/NAME.json; without --preset/--load-config/--resume,
+    'default' on a CUDA GPU and 'cpu' (minutes) on a CPU), then a saved config (--load-config),
+    then these flags; --set KEY=VALUE reaches every field of splatkit.train.config.TrainConfig,
+    and --plugin.NAME.SETTING VALUE each plugin's settings (e.g. --plugin.depth-ranking.weight 0.1)."""
 
     data: Optional[Path] = None
     """Dataset folder (not needed with --resume or --load-config)."""
     downscale: Optional[int] = None
     """Integer image downscale factor."""
     preset: Optional[str] = None
-    """Preset name in configs/ (default, fast, sparse, compact) or a path to a .json file."""
+    """Preset name in configs/ (default, cpu, fast, sparse, sparse9, compact, mcmc) or a path to a .json file."""
+    method: Optional[str] = None
+    """What to train: a registered method (3dgs; others register through the splatkit.methods entry points)."""
+    strategy: Optional[Literal["default", "mcmc"]] = None
+    """Densification: default (3DGS clone/split/prune) or mcmc (3DGS-MCMC relocation, up to --cap-max)."""
+    cap_max: Optional[int] = None
+    """MCMC strategy: the most Gaussians it grows to."""
     steps: Optional[int] = None
     out: Optional[Path] = None
     """Run folder (default: outputs/<scene>/<method>/<timestamp>); the run to continue with --resume."""
@@ -125,8 +132,8 @@ class Train:
     depth_prior_dir: Optional[Path] = None
     """Folder of depth-prior files (default: DATA/depth)."""
     regularizers: Optional[str] = None
-    """Regularisers, comma separated, replacing the preset's: depth_ranking, depth_continuity,
-    depth_pearson, depth_patch, dropout."""
+    """Plugins (priors, regularisers), comma separated, replacing the preset's: depth_ranking,
+    depth_continuity, depth_pearson, depth_patch, dropout, or a third-party plugin."""
     use_masks: tyro.conf.FlagCreatePairsOff[bool] = False
     """Supervise the rendered alpha with the dataset's masks (turn off a preset's with --set use_masks=false)."""
     mask_weight: Optional[float] = None
@@ -140,10 +147,11 @@ class Train:
 
     def run(self) -> None:
         from splatkit.train.config import parse_set_overrides, parse_view_ids
-        from splatkit.train.trainer import train_command
+        from splatkit.app import train_command
 
         overrides = {k: getattr(self, k) for k in (
             "data", "downscale", "steps", "out", "seed", "device", "backend", "batch_size", "sh_degree",
+            "method", "strategy", "cap_max",
             "background", "init", "init_num_points", "mask_weight", "checkpoint_every", "log_every",
             "preview_every", "depth_prior", "depth_prior_kind", "depth_prior_dir") if getattr(self, k) is not None}
         if self.regularizers is not None:
@@ -181,7 +189,7 @@ class Render:
     """Views rendered at once (bounds memory)."""
 
     def run(self) -> None:
-        from splatkit.render.video import render_orbit, render_split
+        from splatkit.app import render_orbit, render_split
 
         # Checked before the (slower) split render so a bad option fails at once.
         for name, value in (("frames", self.frames), ("fps", self.fps), ("batch-size", self.batch_size)):
@@ -249,7 +257,8 @@ class Export:
     6; Compact-3DGS stores 8)."""
 
     def run(self) -> None:
-        from splatkit.export import check_format, export_run
+        from splatkit.app import export_run
+        from splatkit.export import check_format
 
         fmt = check_format(self.format)
         bits = {} if self.table_bits is None else {"table_bits": self.table_bits}
@@ -366,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     if not verbose:
         warnings.showwarning = _one_line_warning
     try:
+        # --plugin.NAME.SETTING VALUE: nested plugin settings, which tyro cannot know in advance.
+        from splatkit.train.config import plugin_flags
+
+        argv, plugin_sets = plugin_flags(argv)
+        if plugin_sets:
+            if not argv or argv[0] != "train":
+                raise SplatkitError("--plugin.NAME.SETTING only applies to 'splatkit train'")
+            at = argv.index("--set") + 1 if "--set" in argv else len(argv)
+            argv = argv[:at] + ([] if "--set" in argv else ["--set"]) + plugin_sets + argv[at:]
         cmd = tyro.cli(tyro.conf.OmitSubcommandPrefixes[Command], args=argv, prog="splatkit",
                        description="splatkit: sparse-view 3D reconstruction (add --verbose for tracebacks)")
         cmd.run()

@@ -10,15 +10,14 @@ for Radiance Field", CVPR 2024; constants from the authors' code, github.com/mai
   ``vector_quantize_pytorch.ResidualVQ``) replace an attribute in the renders of the last part of
   training; the geometry keeps training through a straight-through estimator. Once trained, the
   model stores each attribute as codebooks + per-Gaussian indices (:func:`rvq_encode`).
-* The colour field's config round-trips through JSON (:func:`color_field_to_dict`) so checkpoints
-  and ``.skz`` files can rebuild it, and :func:`color_field_lr_factor` is the authors' LR schedule.
+The colour field itself, its JSON round trip and LR schedule live in
+:mod:`splatkit.models.color_field`. Nothing here imports the models layer.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -37,10 +36,6 @@ RVQ_CODEBOOK_SIZE = 64
 RVQ_KMEANS_ITERS = 1
 # Attributes R-VQ can code (see rvq_input for the vector each Gaussian contributes).
 RVQ_ATTRIBUTES = ("scales", "quats", "shN")
-# Compact-3DGS colour-field optimiser: Adam(lr 1e-2, eps 1e-15), LinearLR warm-up from 0.01x over
-# 100 steps, then x0.33 at steps 5k, 15k and 25k (of 30k; TrainConfig scales them to the run).
-FIELD_WARMUP_START = 0.01
-FIELD_LR_GAMMA = 0.33
 
 
 # -- masks ------------------------------------------------------------------------------------------
@@ -173,82 +168,3 @@ def make_quantizers(names, shapes: dict[str, tuple], stages: int, codebook_size:
             raise SplatkitError(f"R-VQ cannot code {name!r} (codable: {', '.join(RVQ_ATTRIBUTES)})")
         out[name] = AttributeQuantizer(math.prod(shapes[name]), stages, codebook_size, kmeans_iters)
     return out
-
-
-# -- the colour field --------------------------------------------------------------------------------
-def color_field_to_dict(field) -> dict[str, Any]:
-    """A :class:`~splatkit.models.color_field.ColorField`'s config as JSON values."""
-    return dataclasses.asdict(field.config)
-
-
-def color_field_from_dict(config: dict, tensors: Optional[dict] = None):
-    """Rebuild a ``ColorField`` from :func:`color_field_to_dict` output (extra keys such as
-    ``quantize_8bit`` are ignored) and, when given, its state dict ``tensors`` (arrays or tensors)."""
-    from splatkit.models.color_field import ColorField, ColorFieldConfig
-    from splatkit.models.hashgrid import HashGridConfig
-
-    try:
-        grid = HashGridConfig(**config["grid"])
-        known = {f.name for f in dataclasses.fields(ColorFieldConfig)} - {"grid"}
-        cfg = ColorFieldConfig(grid=grid, **{k: v for k, v in config.items() if k in known})
-        grid.validate()
-        if tensors is not None:
-            # Sizes from (untrusted) configs are checked against the tensors before allocating.
-            table_rows = sum(min((r + 1) ** 3, 2 ** grid.log2_hashmap_size) for r in grid.resolutions())
-            want = {"grid.table": (table_rows, grid.n_features_per_level),
-                    "pos_in.weight": (cfg.hidden_dim, grid.n_levels * grid.n_features_per_level)}
-            if any(tuple(np.shape(tensors.get(k, ()))) != shape for k, shape in want.items()):
-                raise SplatkitError("colour-field tensors do not match its config")
-        field = ColorField(cfg)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SplatkitError(f"invalid colour-field config ({type(exc).__name__}: {exc})") from None
-    if tensors is not None:
-        state = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) if not isinstance(v, Tensor) else v.float()
-                 for k, v in tensors.items()}
-        own = field.state_dict()
-        if set(state) != set(own) or any(tuple(state[k].shape) != tuple(own[k].shape) for k in own):
-            raise SplatkitError("colour-field tensors do not match its config")
-        field.load_state_dict(state)
-    return field
-
-
-def color_field_lr_factor(step: int, warmup: int, milestones, gamma: float = FIELD_LR_GAMMA) -> float:
-    """Compact-3DGS' colour-field LR multiplier at 0-based ``step``: linear warm-up from 0.01 over
-    ``warmup`` steps times ``gamma`` per milestone passed."""
-    warm = 1.0 if warmup <= 0 else FIELD_WARMUP_START + (1.0 - FIELD_WARMUP_START) * min(step, warmup) / warmup
-    return warm * gamma ** sum(step >= m for m in milestones)
-
-
-def view_hemisphere_axis(centers, min_cos: float = 0.2) -> Optional[list[float]]:
-    """The mean viewing direction (camera centre -> origin, where readers put the object) when
-    every camera looks within ``acos(min_cos)`` (~78 deg, room for parallax) of it, else None.
-    Baking a colour field to SH over that hemisphere fits the directions the scene was seen
-    from instead of spending the few SH coefficients on directions no camera saw."""
-    c = torch.as_tensor(np.asarray(centers, dtype=np.float64))
-    if c.numel() == 0:
-        return None
-    d = torch.nn.functional.normalize(-c, dim=1)
-    axis = d.mean(dim=0)
-    if axis.norm() < 1e-6:
-        return None
-    axis = axis / axis.norm()
-    return axis.tolist() if float((d @ axis).min()) >= min_cos else None
-
-
-# -- frames --------------------------------------------------------------------------------------------
-def normalization_from_matrix(matrix) -> Any:
-    """The :class:`~splatkit.data.scene.Normalization` whose ``matrix`` is this 4x4 similarity."""
-    from splatkit.data.scene import Normalization
-
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape != (4, 4) or not np.isfinite(m).all():
-        raise SplatkitError("normalisation must be a finite 4x4 matrix")
-    a = m[:3, :3]
-    det = float(np.linalg.det(a))
-    if not det > 0:
-        raise SplatkitError("normalisation matrix is not a similarity (its determinant is not positive)")
-    s = det ** (1.0 / 3.0)
-    rot = a / s
-    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-5):
-        raise SplatkitError("normalisation matrix is not a similarity (scaled rotation + translation)")
-    return Normalization(center=-(rot.T @ m[:3, 3]) / s, scale=s, rotation=rot)

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 from splatkit.data.cameras import Cameras
-from splatkit.errors import DataError
+from splatkit.errors import DataError, SplatkitError
 
 
 @dataclass
@@ -147,3 +147,19 @@ class Scene:
         test = [v for i, v in enumerate(self.ids) if i % hold_every == 0]
         train = [v for i, v in enumerate(self.ids) if i % hold_every != 0]
         return train, test
+
+
+def normalization_from_matrix(matrix) -> Normalization:
+    """The :class:`~splatkit.data.scene.Normalization` whose ``matrix`` is this 4x4 similarity."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (4, 4) or not np.isfinite(m).all():
+        raise SplatkitError("normalisation must be a finite 4x4 matrix")
+    a = m[:3, :3]
+    det = float(np.linalg.det(a))
+    if not det > 0:
+        raise SplatkitError("normalisation matrix is not a similarity (its determinant is not positive)")
+    s = det ** (1.0 / 3.0)
+    rot = a / s
+    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-5):
+        raise SplatkitError("normalisation matrix is not a similarity (scaled rotation + translation)")
+    return Normalization(center=-(rot.T @ m[:3, 3]) / s, scale=s, rotation=rot)

@@ -219,9 +219,10 @@ def suite_cases(spec: BenchmarkSpec) -> list[BenchCase]:
 
 # -- running ------------------------------------------------------------------------------------
 def _uses_depth(config_values: dict) -> bool:
-    from splatkit.train.regularizers import DEPTH_PRIOR_LOSSES
+    from splatkit.methods.plugins import plugin_classes
 
-    return any(r in DEPTH_PRIOR_LOSSES for r in config_values.get("regularizers", []))
+    classes = plugin_classes()
+    return any(classes[r].needs_depth_prior for r in config_values.get("regularizers", []) if r in classes)
 
 
 def run_config(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, out: Path):
@@ -254,7 +255,7 @@ def run_spare(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, say)
     """SpaRe: train on the input views, render the hidden test views' cameras at 1600x1200 and
     write the scene's submission zip (no scores: the ground truth is not public)."""
     from splatkit.eval import spare
-    from splatkit.render.video import render_views, settings_for
+    from splatkit.methods.scoring import render_views, settings_for
     from splatkit.train.trainer import Trainer
 
     record_scene, root = case.extra["spare"], case.extra["root"]
@@ -276,11 +277,11 @@ def run_spare(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, say)
     trainer.train()
     cams = spare.spare_test_cameras(root, record_scene, scene.normalization)  # full 1600x1200
     renders = {int(record_scene.test_views[i]): rgb
-               for i, rgb, _, _ in render_views(trainer.model, cams, settings_for(config))}
+               for i, rgb, _, _ in render_views(trainer.eval_model(), cams, settings_for(config))}
     path = spare.write_submission(renders, record_scene, sub_dir)
     say(f"[{case.name} | {method} | seed {seed}] wrote {path}")
     return {"scene": case.name, "method": method, "seed": seed, "run": str(run_dir), "mean": {}, "views": [],
-            "num_gaussians": trainer.model.num_gaussians, "train_time_s": trainer.train_seconds,
+            "num_gaussians": trainer.method.num_primitives, "train_time_s": trainer.train_seconds,
             "submission": str(path), "reused": False}
 
 
@@ -318,7 +319,7 @@ def run_one(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, say) -
 
 
 def _render_test_views(run_dir: Path, limit: Optional[int] = None):
-    from splatkit.render.video import render_views, settings_for
+    from splatkit.methods.scoring import render_views, settings_for
     from splatkit.train.run import Run
 
     run = Run.open(run_dir)

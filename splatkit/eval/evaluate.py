@@ -1,8 +1,9 @@
 """``splatkit eval``: score a trained run on its held-out views and write ``metrics.json``.
 
-How backgrounds enter the numbers:
+Renders and scores go through :func:`splatkit.methods.scoring.score_views`, the path the trainer's
+own test scores take. How backgrounds enter the numbers:
 
-* Renders use the run's own background (:func:`splatkit.render.video.background_for`: the
+* Renders use the run's own background (:func:`splatkit.methods.scoring.background_for`: the
   ``black`` / ``white`` it trained with; for ``random`` training, white with masks, else black).
 * The ground truth is what the model was trained to reproduce: the image as loaded, or, for runs
   trained with ``use_masks``, the image composited over that same background outside the mask.
@@ -21,53 +22,12 @@ bit-identical images is +inf) is written as ``null`` and left out of the mean.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from splatkit.errors import SplatkitError
-
-METRIC_KEYS = ("psnr", "ssim", "lpips", "masked_psnr", "masked_ssim", "masked_lpips")
-
-
-def _finite_or_none(v):
-    if v is None:
-        return None
-    v = float(v)
-    return v if math.isfinite(v) else None
-
-
-def _view_metrics(rgb: np.ndarray, target: np.ndarray, gt: np.ndarray, mask: Optional[np.ndarray]) -> dict:
-    """One view's metrics. SSIM and LPIPS need images of at least 11x11 pixels and masked metrics a
-    non-empty mask; where they are undefined they are ``None``, as in the trainer's summary."""
-    from splatkit.eval.metrics import SSIM_WINDOW, compute_metrics, masked_psnr, psnr
-
-    if min(rgb.shape[:2]) < SSIM_WINDOW:
-        m = {"psnr": psnr(rgb, target), "ssim": None, "lpips": None,
-             "lpips_unavailable": f"SSIM and LPIPS are not computed for images smaller than "
-                                  f"{SSIM_WINDOW}x{SSIM_WINDOW} pixels"}
-        if mask is not None:
-            m.update(masked_psnr=_or_none(masked_psnr, rgb, gt, mask), masked_ssim=None, masked_lpips=None)
-        return m
-    m = compute_metrics(rgb, target)
-    if mask is not None:
-        # The DTU protocol scores against the loaded image, not the background-composited one.
-        try:
-            masked = compute_metrics(rgb, gt, mask=mask)
-        except SplatkitError:  # an empty mask: masked metrics are undefined for this view
-            masked = {}
-        for key in ("masked_psnr", "masked_ssim", "masked_lpips"):
-            m[key] = masked.get(key)
-    return m
-
-
-def _or_none(fn, *args):
-    try:
-        return fn(*args)
-    except SplatkitError:
-        return None
+from splatkit.methods.scoring import METRIC_KEYS
 
 
 def evaluate_run(run_dir, split: str = "test", checkpoint=None, json_path: Optional[str | Path] = None,
@@ -78,7 +38,7 @@ def evaluate_run(run_dir, split: str = "test", checkpoint=None, json_path: Optio
     ``splats``: score the model decoded from this exported file (ply, compressed ply, splat, spz)
     instead of the checkpoint's. Returns the report dict (also what is written)."""
     import splatkit
-    from splatkit.render.video import render_views, settings_for
+    from splatkit.methods.scoring import score_views, settings_for
     from splatkit.train.run import Run
     from splatkit.utils.atomic import write_text_atomic
 
@@ -87,26 +47,17 @@ def evaluate_run(run_dir, split: str = "test", checkpoint=None, json_path: Optio
     model, payload = run.load_model(ckpt_path)
     if splats is not None:
         from splatkit.export import model_from_splats_file
-        from splatkit.models.gaussians import checkpoint_normalization
+        from splatkit.methods.base import payload_normalization
 
-        model = model_from_splats_file(splats, checkpoint_normalization(payload))
+        model = model_from_splats_file(splats, payload_normalization(payload))
     scene, ids, positions = run.views(split)
     settings = settings_for(run.config, batch_size, device)
     bg = settings.background.astype(np.float32)
     has_masks = scene.masks is not None
     composite_gt = bool(run.config.use_masks and has_masks)
 
-    views = []
-    lpips_reason = None
-    for i, rgb, _, _ in render_views(model, scene.cameras[positions], settings):
-        p = positions[i]
-        gt = scene.images[p]
-        mask = scene.masks[p] if has_masks else None
-        target = gt * mask[..., None] + bg * (1.0 - mask[..., None]) if composite_gt else gt
-        m = _view_metrics(rgb, target, gt, mask)
-        lpips_reason = m.pop("lpips_unavailable", None) or lpips_reason
-        views.append({"id": int(ids[i]), "name": scene.names[p],
-                      **{k: _finite_or_none(m[k]) for k in METRIC_KEYS if k in m}})
+    rows, lpips_reason = score_views(model, scene, positions, settings, composite_gt=composite_gt)
+    views = [{k: v for k, v in r.items() if k != "position"} for r in rows]
 
     keys = [k for k in METRIC_KEYS if k in views[0]]
     means = {}
@@ -118,7 +69,9 @@ def evaluate_run(run_dir, split: str = "test", checkpoint=None, json_path: Optio
         "run": str(run.path),
         "checkpoint": str(ckpt_path),
         "splats_file": None if splats is None else str(Path(splats).resolve()),
-        "num_gaussians": int(model.num_gaussians),
+        "method": run.config.method,
+        "num_primitives": int(model.num_primitives),
+        **({"num_gaussians": int(model.num_gaussians)} if hasattr(model, "num_gaussians") else {}),
         "step": int(payload.get("step", -1)),
         "split": split,
         "num_views": len(views),

@@ -34,8 +34,8 @@ BAKE_DIRECTIONS = 128
 # store (dropping the higher bands of a degree-3 fit leaves a poor degree-0 colour).
 FORMAT_SH_DEGREE = {"splat": 0}
 
-__all__ = ["SUPPORTED_FORMATS", "PLANNED_FORMATS", "DEFAULT_NAMES", "FormatExport", "PlyExport", "bake_report",
-           "check_format", "check_output_name", "compact_from_model", "export_ply", "export_run", "format_notes",
+__all__ = ["SUPPORTED_FORMATS", "PLANNED_FORMATS", "DEFAULT_NAMES", "FormatExport", "PlyExport",
+           "check_format", "check_output_name", "compact_from_model", "export_ply", "format_notes",
            "model_from_compact", "model_from_splats_file", "read_ply", "read_ply_compressed", "read_splat",
            "read_splats_file", "read_spz", "splats_to_original_frame", "with_baked_sh", "write_ply",
            "write_ply_compressed", "write_splat", "write_splats", "write_spz"]
@@ -145,7 +145,7 @@ def compact_from_model(model, normalization=None, meta: Optional[dict] = None, t
     ``table_bits``) instead of SH when it has one; ``normalization``: the frame's ``Normalization``."""
     import numpy as np
 
-    from splatkit.compress.compact import color_field_to_dict
+    from splatkit.models.color_field import color_field_to_dict
     from splatkit.compress.skz import CompactSplats
 
     splats = {k: v.detach().cpu() for k, v in model.splats.items() if k != "mask"}
@@ -174,7 +174,7 @@ def model_from_compact(compact):
     R-VQ codes of a :class:`~splatkit.compress.skz.CompactSplats`."""
     import torch
 
-    from splatkit.compress.compact import color_field_from_dict
+    from splatkit.models.color_field import color_field_from_dict
     from splatkit.compress.skz import RVQ
     from splatkit.models.gaussians import GaussianModel
 
@@ -199,91 +199,6 @@ def model_from_compact(compact):
             raise SplatkitError(".skz colour-field bake_axis must be null or 3 numbers")
         model.bake_axis = axis
     return model
-
-
-def export_run(run_dir, fmt: str = "ply", out: Optional[str | Path] = None, checkpoint=None,
-               report_bake: bool = False, table_bits: int = SKZ_TABLE_BITS) -> FormatExport:
-    """Export a run's latest (or given) checkpoint; default file ``RUN/export/`` + ``DEFAULT_NAMES[fmt]``.
-
-    The normalisation comes from the checkpoint itself (the frame its parameters live in). The
-    model is the compacted one (learnable masks applied, R-VQ attributes as codes); a colour field
-    is baked to SH for every format but ``skz``. The result carries ``notes``: one line on what
-    the format loses, and with ``report_bake`` (a colour-field run, not ``skz``) ``bake``: what
-    :func:`bake_report` measures, from the model and bake this export used. ``table_bits``: bits
-    per hash-table value in ``skz`` (1..8)."""
-    import splatkit
-    from splatkit.models.gaussians import checkpoint_normalization
-    from splatkit.train.run import Run
-
-    from splatkit.compress.skz import levels_for_bits
-
-    fmt = check_format(fmt)
-    levels_for_bits(table_bits, "table_bits (bits per hash-table value in skz)")  # fail before loading anything
-    target = Path(out) if out is not None else None
-    if target is not None:
-        check_output_name(fmt, target)  # before loading anything: a typo fails fast
-    run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
-    model, payload = run.load_model(checkpoint)
-    normalization = checkpoint_normalization(payload)
-    if target is None:
-        target = run.path / "export" / DEFAULT_NAMES[fmt]
-    if fmt == "skz":
-        meta = {"splatkit_version": splatkit.__version__, "step": int(payload.get("step", -1))}
-        return _write_skz(target, compact_from_model(model, normalization, meta, table_bits))
-    baked, rms = _baked_for_format(model, fmt)
-    original = splats_to_original_frame(dict(baked.splats), normalization, baked.sh_degree)
-    res = write_splats(target, fmt, original, baked.sh_degree)
-    if model.color_field is not None:
-        res.notes += f"; colour field baked to SH degree {baked.sh_degree} (RMS colour error {rms:.4f})"
-        if report_bake:
-            res.bake = _bake_scores(run, model, baked, rms)
-    return res
-
-
-def _baked_for_format(model, fmt: str):
-    """:func:`with_baked_sh` to the SH degree format ``fmt`` stores (at most the model's)."""
-    return with_baked_sh(model, min(model.sh_degree, FORMAT_SH_DEGREE.get(fmt, model.sh_degree)))
-
-
-def bake_report(run_dir, checkpoint=None, split: str = "test", device: Optional[str] = None,
-                fmt: str = "ply") -> dict:
-    """What baking a run's colour field to SH for format ``fmt`` costs: mean PSNR on ``split`` of
-    the field model and of the baked one (same targets as ``splatkit eval``; before the format's
-    own quantisation), their difference ``loss_db``, and the bake's RMS colour error. ``{}`` for a
-    run without a colour field."""
-    from splatkit.train.run import Run
-
-    run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
-    model, _ = run.load_model(checkpoint)
-    if model.color_field is None:
-        return {}
-    baked, rms = _baked_for_format(model, check_format(fmt))
-    return _bake_scores(run, model, baked, rms, split, device)
-
-
-def _bake_scores(run, model, baked, rms: float, split: str = "test", device: Optional[str] = None) -> dict:
-    """:func:`bake_report`'s dict for a field ``model`` and its ``baked`` SH version."""
-    import numpy as np
-
-    from splatkit.eval.metrics import psnr
-    from splatkit.render.video import render_views, settings_for
-
-    scene, _, positions = run.views(split)
-    settings = settings_for(run.config, device=device)
-    composite = bool(run.config.use_masks and scene.masks is not None)
-    scores = {}
-    for label, m in (("field", model), ("baked", baked)):
-        vals = []
-        for i, rgb, _, _ in render_views(m, scene.cameras[positions], settings):
-            gt = scene.images[positions[i]]
-            if composite:  # as splatkit eval scores runs trained with masks
-                mask = scene.masks[positions[i]][..., None]
-                gt = gt * mask + settings.background * (1.0 - mask)
-            vals.append(psnr(rgb, gt))
-        scores[label] = float(np.mean(vals))
-    return {"psnr_field": scores["field"], "psnr_baked": scores["baked"],
-            "loss_db": scores["field"] - scores["baked"], "rms": rms, "sh_degree": baked.sh_degree,
-            "split": split, "num_views": len(positions)}
 
 
 def read_splats_file(path: str | Path):
@@ -319,7 +234,7 @@ def _skz_in_user_frame(compact):
     """``(splats, sh_degree)`` of a read ``.skz``: colour field baked to SH, mapped to the user's frame."""
     import torch
 
-    from splatkit.compress.compact import normalization_from_matrix
+    from splatkit.data.scene import normalization_from_matrix
 
     model, _ = with_baked_sh(model_from_compact(compact))
     splats = {k: v.detach() for k, v in model.splats.items()}

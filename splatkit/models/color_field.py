@@ -18,9 +18,12 @@ fused MLP has none).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field as dc_field
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -230,3 +233,66 @@ def bake_to_sh(field: FieldFn, means: Tensor, degree: int = 3, num_dirs: int = 1
         coeffs[s:s + chunk_size] = c.to(means.dtype)
     rms = math.sqrt(sq_err / count) if count else 0.0
     return BakedSH(coeffs[:, :1].contiguous(), coeffs[:, 1:].contiguous(), rms)
+
+
+# Compact-3DGS colour-field optimiser: Adam(lr 1e-2, eps 1e-15), LinearLR warm-up from 0.01x over
+# 100 steps, then x0.33 at steps 5k, 15k and 25k (of 30k; TrainConfig scales them to the run).
+FIELD_WARMUP_START = 0.01
+FIELD_LR_GAMMA = 0.33
+
+
+# -- the colour field --------------------------------------------------------------------------------
+def color_field_to_dict(field) -> dict[str, Any]:
+    """A :class:`~splatkit.models.color_field.ColorField`'s config as JSON values."""
+    return dataclasses.asdict(field.config)
+
+
+def color_field_from_dict(config: dict, tensors: Optional[dict] = None):
+    """Rebuild a ``ColorField`` from :func:`color_field_to_dict` output (extra keys such as
+    ``quantize_8bit`` are ignored) and, when given, its state dict ``tensors`` (arrays or tensors)."""
+    try:
+        grid = HashGridConfig(**config["grid"])
+        known = {f.name for f in dataclasses.fields(ColorFieldConfig)} - {"grid"}
+        cfg = ColorFieldConfig(grid=grid, **{k: v for k, v in config.items() if k in known})
+        grid.validate()
+        if tensors is not None:
+            # Sizes from (untrusted) configs are checked against the tensors before allocating.
+            table_rows = sum(min((r + 1) ** 3, 2 ** grid.log2_hashmap_size) for r in grid.resolutions())
+            want = {"grid.table": (table_rows, grid.n_features_per_level),
+                    "pos_in.weight": (cfg.hidden_dim, grid.n_levels * grid.n_features_per_level)}
+            if any(tuple(np.shape(tensors.get(k, ()))) != shape for k, shape in want.items()):
+                raise SplatkitError("colour-field tensors do not match its config")
+        field = ColorField(cfg)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SplatkitError(f"invalid colour-field config ({type(exc).__name__}: {exc})") from None
+    if tensors is not None:
+        state = {k: torch.as_tensor(np.asarray(v, dtype=np.float32)) if not isinstance(v, Tensor) else v.float()
+                 for k, v in tensors.items()}
+        own = field.state_dict()
+        if set(state) != set(own) or any(tuple(state[k].shape) != tuple(own[k].shape) for k in own):
+            raise SplatkitError("colour-field tensors do not match its config")
+        field.load_state_dict(state)
+    return field
+
+
+def color_field_lr_factor(step: int, warmup: int, milestones, gamma: float = FIELD_LR_GAMMA) -> float:
+    """Compact-3DGS' colour-field LR multiplier at 0-based ``step``: linear warm-up from 0.01 over
+    ``warmup`` steps times ``gamma`` per milestone passed."""
+    warm = 1.0 if warmup <= 0 else FIELD_WARMUP_START + (1.0 - FIELD_WARMUP_START) * min(step, warmup) / warmup
+    return warm * gamma ** sum(step >= m for m in milestones)
+
+
+def view_hemisphere_axis(centers, min_cos: float = 0.2) -> Optional[list[float]]:
+    """The mean viewing direction (camera centre -> origin, where readers put the object) when
+    every camera looks within ``acos(min_cos)`` (~78 deg, room for parallax) of it, else None.
+    Baking a colour field to SH over that hemisphere fits the directions the scene was seen
+    from instead of spending the few SH coefficients on directions no camera saw."""
+    c = torch.as_tensor(np.asarray(centers, dtype=np.float64))
+    if c.numel() == 0:
+        return None
+    d = torch.nn.functional.normalize(-c, dim=1)
+    axis = d.mean(dim=0)
+    if axis.norm() < 1e-6:
+        return None
+    axis = axis / axis.norm()
+    return axis.tolist() if float((d @ axis).min()) >= min_cos else None

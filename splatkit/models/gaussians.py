@@ -45,19 +45,11 @@ import torch
 
 from splatkit.compress.compact import MASK_THRESHOLD
 from splatkit.errors import SplatkitError
+from splatkit.render.sh import rgb_to_sh
 from splatkit.utils.atomic import atomic_path
 
 CHECKPOINT_FORMAT = "splatkit-gaussians"
 CHECKPOINT_VERSION = 1
-SH_C0 = 0.28209479177387814  # Y_0^0 = 1 / (2 sqrt(pi)); colour = SH_C0 * sh0 + 0.5
-
-
-def rgb_to_sh0(rgb: torch.Tensor) -> torch.Tensor:
-    return (rgb - 0.5) / SH_C0
-
-
-def sh0_to_rgb(sh0: torch.Tensor) -> torch.Tensor:
-    return sh0 * SH_C0 + 0.5
 
 
 class GaussianModel(torch.nn.Module):
@@ -103,7 +95,7 @@ class GaussianModel(torch.nn.Module):
                 "scales": scales,
                 "quats": quats,
                 "opacities": torch.logit(torch.full((n,), float(init_opacity))),
-                "sh0": rgb_to_sh0(colors)[:, None, :],
+                "sh0": rgb_to_sh(colors)[:, None, :],
                 "shN": torch.zeros(n, k - 1, 3),
             },
             sh_degree,
@@ -113,6 +105,16 @@ class GaussianModel(torch.nn.Module):
     @property
     def num_gaussians(self) -> int:
         return int(self.splats["means"].shape[0])
+
+    @property
+    def num_primitives(self) -> int:
+        return self.num_gaussians
+
+    def anchor_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(centres [N, 3], opacities [N])`` as numpy: where the model's content is (depth
+        ranges of renders, orbit focus)."""
+        means = self.splats["means"].detach().float().cpu().numpy()
+        return means, torch.sigmoid(self.splats["opacities"].detach().float().cpu()).numpy()
 
     @property
     def device(self) -> torch.device:
@@ -192,28 +194,35 @@ class GaussianModel(torch.nn.Module):
     def state_for_checkpoint(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.splats.items()}
 
-    def save_checkpoint(self, path: str | Path, step: int, normalization: Optional[dict] = None,
-                        extra: Optional[dict[str, Any]] = None) -> Path:
-        """Write ``{"step", "splats", "splatkit": metadata, **extra}`` atomically."""
+    def to_payload(self, step: int, normalization: Optional[dict] = None, method: str = "3dgs") -> dict[str, Any]:
+        """``{"step", "splats", "splatkit": metadata}`` plus the colour field and codebooks: gsplat's
+        checkpoint layout, which :meth:`from_payload` reads back."""
         payload: dict[str, Any] = {
             "step": int(step),
             "splats": self.state_for_checkpoint(),
             "splatkit": {
                 "format": CHECKPOINT_FORMAT,
                 "version": CHECKPOINT_VERSION,
+                "method": method,
                 "sh_degree": self.sh_degree,
                 "normalization": normalization,
                 "mask_threshold": self.mask_threshold,
             },
         }
         if self.color_field is not None:
-            from splatkit.compress.compact import color_field_to_dict
+            from splatkit.models.color_field import color_field_to_dict
 
             payload["color_field"] = {"config": color_field_to_dict(self.color_field),
                                       "state": {k: v.detach().cpu() for k, v in self.color_field.state_dict().items()},
                                       "bake_axis": self.bake_axis}
         if self.codebooks:
             payload["codebooks"] = {k: v.detach().cpu() for k, v in self.codebooks.items()}
+        return payload
+
+    def save_checkpoint(self, path: str | Path, step: int, normalization: Optional[dict] = None,
+                        extra: Optional[dict[str, Any]] = None) -> Path:
+        """Write :meth:`to_payload` plus ``extra`` atomically."""
+        payload = self.to_payload(step, normalization)
         if extra:
             payload.update(extra)
         with atomic_path(path) as tmp:
@@ -221,29 +230,14 @@ class GaussianModel(torch.nn.Module):
         return Path(path)
 
     @classmethod
-    def load_checkpoint(cls, path: str | Path, map_location="cpu", raw: bool = False
-                        ) -> tuple["GaussianModel", dict]:
-        """(model, whole payload). Clear errors for missing, corrupt or foreign files.
-
-        The model is :meth:`compacted` (what renders and exports use) unless ``raw``: then it holds
-        the parameters as trained (mask logits, unquantised attributes), for resuming."""
-        path = Path(path)
-        if not path.is_file():
-            raise SplatkitError("checkpoint not found", path)
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as exc:
-            raise SplatkitError(f"not a readable checkpoint ({type(exc).__name__})", path)
-        meta = payload.get("splatkit") if isinstance(payload, dict) else None
-        if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-            raise SplatkitError("not a splatkit Gaussian checkpoint", path)
-        if meta.get("version") != CHECKPOINT_VERSION:
-            raise SplatkitError(
-                f"checkpoint format version {meta.get('version')} is not supported by this splatkit "
-                f"(reads version {CHECKPOINT_VERSION})", path)
+    def from_payload(cls, payload: dict, map_location="cpu", raw: bool = False) -> "GaussianModel":
+        """The model in a checkpoint payload: :meth:`compacted` (what renders and exports use)
+        unless ``raw``, which keeps the parameters as trained (mask logits, unquantised
+        attributes), for resuming."""
+        meta = payload["splatkit"]
         field = None
         if payload.get("color_field") is not None:
-            from splatkit.compress.compact import color_field_from_dict
+            from splatkit.models.color_field import color_field_from_dict
 
             cf = payload["color_field"]
             field = color_field_from_dict(cf["config"], cf["state"])
@@ -252,15 +246,25 @@ class GaussianModel(torch.nn.Module):
             model.bake_axis = payload["color_field"].get("bake_axis")
         model.mask_threshold = float(meta.get("mask_threshold", model.mask_threshold))
         model.codebooks = {k: v.float() for k, v in (payload.get("codebooks") or {}).items()}
-        return (model if raw else model.compacted()), payload
+        return model if raw else model.compacted()
 
+    @classmethod
+    def load_checkpoint(cls, path: str | Path, map_location="cpu", raw: bool = False
+                        ) -> tuple["GaussianModel", dict]:
+        """(model, whole payload) of a 3DGS checkpoint file; clear errors for missing, corrupt or
+        foreign files (:func:`splatkit.methods.load_checkpoint` reads any method's)."""
+        from splatkit.utils.checkpoint import read_payload
 
-def checkpoint_normalization(payload: dict):
-    """The scene :class:`~splatkit.data.scene.Normalization` a checkpoint's parameters live in."""
-    from splatkit.data.scene import Normalization
-
-    norm = (payload.get("splatkit") or {}).get("normalization")
-    return Normalization() if norm is None else Normalization.from_dict(norm)
+        path = Path(path)
+        payload = read_payload(path, map_location)
+        meta = payload["splatkit"]
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise SplatkitError("not a splatkit Gaussian checkpoint", path)
+        if meta.get("version") != CHECKPOINT_VERSION:
+            raise SplatkitError(
+                f"checkpoint format version {meta.get('version')} is not supported by this splatkit "
+                f"(reads version {CHECKPOINT_VERSION})", path)
+        return cls.from_payload(payload, map_location, raw), payload
 
 
 def _mean_knn_distance(points: torch.Tensor, k: int) -> torch.Tensor:

@@ -1,23 +1,25 @@
-"""Depth-prior losses on the rendered expected depth, each one regulariser behind the trainer's
-interface (:mod:`splatkit.train.regularizers`).
+"""Depth-prior losses on the rendered expected depth, each one plugin
+(:mod:`splatkit.methods.plugins`; found by the loop through the ``splatkit.plugins`` entry point).
 
 Every loss here only trusts what a monocular estimate gets right: the *order* of depths (SparseNeRF
 ranking and continuity), their linear correlation (FSGS Pearson) or their shape within small
 patches (DNGaussian). None needs the prior's scale or shift. Priors are depth-ordered maps
 (larger = farther, NaN = unknown; :mod:`splatkit.priors.depth_sources`) at the training images'
-size, loaded once per run in :meth:`setup` and shared between the regularisers of a run.
+size, loaded once per run in :meth:`setup` and shared between the plugins of a run.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
 from splatkit.errors import SplatkitError
-from splatkit.train.regularizers import Batch, Regularizer, RenderOutputs, TrainContext, register_regularizer
+from splatkit.methods.base import Batch, Plugin, RenderOutputs, TrainState
+from splatkit.methods.plugins import register_plugin
 
 
 # -- the losses as plain functions (tested directly) -------------------------------------------
@@ -111,13 +113,13 @@ def patch_normalized_loss(rendered: torch.Tensor, prior: torch.Tensor, patch: in
 
 
 # -- shared prior maps ---------------------------------------------------------------------------
-_PRIOR_ATTR = "_splatkit_depth_priors"
+_PRIOR_KEY = "depth_priors"
 
 
-def priors_for(context: TrainContext) -> list[torch.Tensor]:
+def priors_for(context: TrainState) -> list[torch.Tensor]:
     """The run's prior maps ``[H, W]`` (depth-ordered, NaN unknown) for the training views, on the
-    device; computed once per run and kept on the context so several regularisers share them."""
-    cached = getattr(context, _PRIOR_ATTR, None)
+    device; computed once per run and kept in the state's cache so several plugins share them."""
+    cached = context.cache.get(_PRIOR_KEY)
     if cached is not None:
         return cached
     from splatkit.priors.depth_sources import depth_priors_for_scene
@@ -135,16 +137,23 @@ def priors_for(context: TrainContext) -> list[torch.Tensor]:
             raise SplatkitError(f"depth prior for view {context.scene.names[i]} is {m.shape[1]}x{m.shape[0]}, "
                                 f"its image is {w}x{h}")
         out.append(torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)).to(context.device))
-    setattr(context, _PRIOR_ATTR, out)
+    context.cache[_PRIOR_KEY] = out
     return out
 
 
-class _DepthPriorRegularizer(Regularizer):
+def _check_range(name: str, value: float, lo: float, hi: float, lo_open: bool = True) -> None:
+    ok = (lo < value if lo_open else lo <= value) and value <= hi
+    if not ok:
+        raise SplatkitError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}")
+
+
+class _DepthPriorPlugin(Plugin):
     """Common plumbing: the prior maps, a seeded generator and the rendered depth of each view."""
 
     needs_depth = True
+    needs_depth_prior = True
 
-    def setup(self, context: TrainContext) -> None:
+    def setup(self, context: TrainState) -> None:
         self.priors = priors_for(context)
         self.device = context.device
         # Its own stream, so pair sampling never shifts the trainer's RNG (exact resume).
@@ -167,91 +176,157 @@ class _DepthPriorRegularizer(Regularizer):
         return torch.randint(0, high, (n,), generator=self.generator).to(self.device)
 
 
-@register_regularizer
-class DepthRanking(_DepthPriorRegularizer):
+@register_plugin
+class DepthRanking(_DepthPriorPlugin):
     """SparseNeRF's local depth ranking: pixel pairs drawn inside a random box (a fraction of the
-    image side; 1.0 = the whole image, the paper's DTU setting), weight ``depth_rank_weight``."""
+    image side; 1.0 = the whole image, the paper's DTU setting)."""
 
     name = "depth_ranking"
+    legacy_keys = {"depth_rank_weight": "weight", "depth_rank_box": "box", "depth_rank_pairs": "pairs",
+                   "depth_rank_margin": "margin"}
+
+    @dataclass
+    class Config:
+        weight: float = 0.2
+        """SparseNeRF's DTU setting."""
+        box: float = 1.0
+        """Side of the random box pairs are drawn in, as a fraction of the image (1.0: whole image, DTU)."""
+        pairs: int = 4096
+        """Pixel pairs per view and step."""
+        margin: float = 1e-4
+
+        def validate(self) -> None:
+            _check_range("plugins.depth_ranking.weight", self.weight, 0, math.inf, lo_open=False)
+            _check_range("plugins.depth_ranking.box", self.box, 0, 1)
+            _check_range("plugins.depth_ranking.pairs", self.pairs, 0, math.inf)
+            _check_range("plugins.depth_ranking.margin", self.margin, 0, math.inf, lo_open=False)
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
-        cfg = self.config
+        cfg = self.settings
         terms = []
         for rendered, prior in self.per_view(batch, outputs):
             H, W = prior.shape
-            bh = max(2, min(H, int(round(cfg.depth_rank_box * H))))
-            bw = max(2, min(W, int(round(cfg.depth_rank_box * W))))
+            bh = max(2, min(H, int(round(cfg.box * H))))
+            bw = max(2, min(W, int(round(cfg.box * W))))
             y0 = int(self._randint(H - bh + 1, 1))
             x0 = int(self._randint(W - bw + 1, 1))
-            n = cfg.depth_rank_pairs
+            n = cfg.pairs
             ya, xa = self._randint(bh, n) + y0, self._randint(bw, n) + x0
             yb, xb = self._randint(bh, n) + y0, self._randint(bw, n) + x0
             terms.append(ranking_loss(rendered.reshape(-1), prior.reshape(-1), ya * W + xa, yb * W + xb,
-                                      cfg.depth_rank_margin))
-        return cfg.depth_rank_weight * torch.stack(terms).mean()
+                                      cfg.margin))
+        return cfg.weight * torch.stack(terms).mean()
 
 
-@register_regularizer
-class DepthContinuity(_DepthPriorRegularizer):
+@register_plugin
+class DepthContinuity(_DepthPriorPlugin):
     """SparseNeRF's spatial continuity: anchors paired with prior-similar neighbours in a ±3 px
-    window (the closest 30%), weight ``depth_continuity_weight``."""
+    window (the closest 30%)."""
 
     name = "depth_continuity"
+    legacy_keys = {"depth_continuity_weight": "weight", "depth_continuity_window": "window",
+                   "depth_continuity_fraction": "fraction", "depth_rank_pairs": "pairs",
+                   "depth_rank_margin": "margin"}
+
+    @dataclass
+    class Config:
+        weight: float = 1.0
+        window: int = 3
+        """Neighbours are drawn from the ±window px square around each anchor ..."""
+        fraction: float = 0.3
+        """... among this fraction of the window closest to the anchor in the prior."""
+        pairs: int = 4096
+        """Anchors per view and step."""
+        margin: float = 1e-4
+
+        def validate(self) -> None:
+            _check_range("plugins.depth_continuity.weight", self.weight, 0, math.inf, lo_open=False)
+            _check_range("plugins.depth_continuity.window", self.window, 0, math.inf)
+            _check_range("plugins.depth_continuity.fraction", self.fraction, 0, 1)
+            _check_range("plugins.depth_continuity.pairs", self.pairs, 0, math.inf)
+            _check_range("plugins.depth_continuity.margin", self.margin, 0, math.inf, lo_open=False)
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
-        cfg = self.config
+        cfg = self.settings
         terms = []
         for rendered, prior in self.per_view(batch, outputs):
-            anchors = self._randint(prior.numel(), cfg.depth_rank_pairs)
+            anchors = self._randint(prior.numel(), cfg.pairs)
             anchors = anchors[torch.isfinite(prior.reshape(-1)[anchors])]
             if len(anchors) == 0:
                 continue
-            nb = continuity_neighbours(prior, anchors, cfg.depth_continuity_window,
-                                       cfg.depth_continuity_fraction, self.generator)
-            terms.append(continuity_loss(rendered.reshape(-1), anchors, nb, cfg.depth_rank_margin))
+            nb = continuity_neighbours(prior, anchors, cfg.window, cfg.fraction, self.generator)
+            terms.append(continuity_loss(rendered.reshape(-1), anchors, nb, cfg.margin))
         if not terms:
             return outputs.depths.sum() * 0.0
-        return cfg.depth_continuity_weight * torch.stack(terms).mean()
+        return cfg.weight * torch.stack(terms).mean()
 
 
-@register_regularizer
-class DepthPearson(_DepthPriorRegularizer):
-    """FSGS: ``1 - Pearson correlation`` of rendered depth and prior, weight ``depth_pearson_weight``."""
+@register_plugin
+class DepthPearson(_DepthPriorPlugin):
+    """FSGS: ``1 - Pearson correlation`` of rendered depth and prior."""
 
     name = "depth_pearson"
+    legacy_keys = {"depth_pearson_weight": "weight"}
+
+    @dataclass
+    class Config:
+        weight: float = 0.05
+
+        def validate(self) -> None:
+            _check_range("plugins.depth_pearson.weight", self.weight, 0, math.inf, lo_open=False)
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
         terms = [pearson_loss(r.reshape(-1), p.reshape(-1)) for r, p in self.per_view(batch, outputs)]
-        return self.config.depth_pearson_weight * torch.stack(terms).mean()
+        return self.settings.weight * torch.stack(terms).mean()
 
 
-@register_regularizer
-class DepthPatchNormalized(_DepthPriorRegularizer):
-    """DNGaussian: L1 between patch-normalised rendered and prior depth, random patch-grid offset,
-    weight ``depth_patch_weight``."""
+@register_plugin
+class DepthPatchNormalized(_DepthPriorPlugin):
+    """DNGaussian: L1 between patch-normalised rendered and prior depth, random patch-grid offset."""
 
     name = "depth_patch"
+    legacy_keys = {"depth_patch_weight": "weight", "depth_patch_size": "size"}
+
+    @dataclass
+    class Config:
+        weight: float = 0.1
+        size: int = 8
+
+        def validate(self) -> None:
+            _check_range("plugins.depth_patch.weight", self.weight, 0, math.inf, lo_open=False)
+            _check_range("plugins.depth_patch.size", self.size, 0, math.inf)
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
-        cfg = self.config
-        s = cfg.depth_patch_size
+        cfg = self.settings
+        s = cfg.size
         terms = []
         for rendered, prior in self.per_view(batch, outputs):
             offset = (int(self._randint(s, 1)), int(self._randint(s, 1)))
             terms.append(patch_normalized_loss(rendered, prior, s, offset))
-        return cfg.depth_patch_weight * torch.stack(terms).mean()
+        return cfg.weight * torch.stack(terms).mean()
 
 
-@register_regularizer
-class GaussianDropout(Regularizer):
+@register_plugin
+class GaussianDropout(Plugin):
     """DropGaussian (Park et al., CVPR 2025): during training each Gaussian is left out of the
     render with probability ``r_t = gamma * t / T`` and the kept ones have their opacity scaled by
     ``1 / (1 - r_t)``, so that Gaussians hidden behind others get gradients. Adds no loss term;
     evaluation renders use every Gaussian."""
 
     name = "dropout"
+    applies_to = ("3dgs",)
+    legacy_keys = {"dropout_gamma": "gamma"}
 
-    def setup(self, context: TrainContext) -> None:
+    @dataclass
+    class Config:
+        gamma: float = 0.1
+        """The drop rate grows linearly from 0 to this over the run."""
+
+        def validate(self) -> None:
+            if not 0 <= self.gamma < 1:
+                raise SplatkitError(f"plugins.dropout.gamma must be in [0, 1), got {self.gamma}")
+
+    def setup(self, context: TrainState) -> None:
         self.generator = torch.Generator().manual_seed(int(context.config.seed) + 104729)
 
     def state_dict(self) -> dict:
@@ -262,7 +337,7 @@ class GaussianDropout(Regularizer):
             self.generator.set_state(state["generator"])
 
     def rate(self, step: int) -> float:
-        return float(self.config.dropout_gamma) * min(1.0, step / max(1, self.config.steps))
+        return float(self.settings.gamma) * min(1.0, step / max(1, self.config.steps))
 
     def render_params(self, step: int, params: dict) -> dict:
         r = self.rate(step)
@@ -271,6 +346,3 @@ class GaussianDropout(Regularizer):
         op = params["opacities"]
         keep = (torch.rand(op.shape, generator=self.generator) >= r).to(op.device, op.dtype)
         return {**params, "opacities": op * keep / (1.0 - r)}
-
-    def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
-        return {}  # acts through render_params only

@@ -1,25 +1,22 @@
-"""Rendering a trained run: its dataset views as PNGs (colour and colour-mapped expected depth)
-and an orbit video (MP4 through imageio-ffmpeg; a GIF when no ffmpeg binary is available).
-
-Frames are rendered a few cameras at a time (``batch_size``) and written as they come, so memory
-stays bounded however long the video is.
+"""Pictures and videos of renders: colour maps for depth (no matplotlib), and MP4 video writing
+through imageio-ffmpeg (a GIF when no ffmpeg binary is available), frame by frame so memory stays
+bounded however long the video is. Rendering a run's views and orbits is
+:mod:`splatkit.app.render`'s.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Optional
 
 import numpy as np
 
 from splatkit.errors import SplatkitError
 
 DEFAULT_FPS = 30
-DEFAULT_ORBIT_FRAMES = 120
-DEFAULT_BATCH = 4
 
 # -- colour maps --------------------------------------------------------------------------------
 # Polynomial fits, so depth maps need no matplotlib. Turbo: Anton Mikhailov's colormap, fit by
@@ -80,77 +77,6 @@ def depth_range(means: np.ndarray, opacities: np.ndarray, cameras, max_points: i
         return 0.0, 1.0
     near, far = np.percentile(z, [2.0, 98.0])
     return float(near), float(max(far, near + 1e-6))
-
-
-# -- rendering ----------------------------------------------------------------------------------
-@dataclass
-class RenderSettings:
-    """How to render a run's model: taken from its training config so renders match training."""
-
-    background: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))
-    device: str = "cpu"
-    backend: str = "auto"
-    near_plane: float = 0.01
-    far_plane: float = 1e10
-    batch_size: int = DEFAULT_BATCH
-
-
-def background_for(config) -> np.ndarray:
-    """The fixed background colour renders and evaluation use for a run: the ``black`` / ``white``
-    it trained with; black for ``random`` (as the trainer's own test metrics and gsplat do: the
-    run learned to leave the background transparent, so any fixed colour is consistent with it)."""
-    return np.full(3, 1.0 if config.background == "white" else 0.0, dtype=np.float32)
-
-
-def settings_for(config, batch_size: int = DEFAULT_BATCH, device: Optional[str] = None) -> RenderSettings:
-    import torch
-
-    if device is None:
-        device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SplatkitError("the run asks for device 'cuda' but no CUDA GPU is available here")
-    if batch_size < 1:
-        raise SplatkitError(f"batch size must be >= 1, got {batch_size}")
-    return RenderSettings(background=background_for(config), device=device, backend=config.backend,
-                          near_plane=config.near_plane, far_plane=config.far_plane,
-                          batch_size=int(batch_size))
-
-
-def _batches(cameras, batch_size: int) -> Iterator[list[int]]:
-    """Consecutive view indices in groups of at most ``batch_size`` sharing one image size."""
-    group: list[int] = []
-    for i in range(len(cameras)):
-        size = (int(cameras.widths[i]), int(cameras.heights[i]))
-        if group and (len(group) == batch_size
-                      or size != (int(cameras.widths[group[0]]), int(cameras.heights[group[0]]))):
-            yield group
-            group = []
-        group.append(i)
-    if group:
-        yield group
-
-
-def render_views(model, cameras, settings: RenderSettings) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """``(index, rgb [H,W,3] in [0,1], expected depth [H,W], alpha [H,W])`` per camera, rendered
-    ``settings.batch_size`` views at a time."""
-    import torch
-
-    model = model.to(settings.device)
-    for idx in _batches(cameras, settings.batch_size):
-        cams = cameras[idx]
-        W, H = int(cams.widths[0]), int(cams.heights[0])
-        bg = torch.as_tensor(settings.background, dtype=torch.float32, device=settings.device)
-        with torch.no_grad():
-            renders, alphas, _ = model.render(
-                cams.viewmats(settings.device), cams.intrinsics(settings.device), W, H,
-                render_mode="RGB+ED", backgrounds=bg[None].expand(len(idx), 3).contiguous(),
-                near_plane=settings.near_plane, far_plane=settings.far_plane, backend=settings.backend)
-        renders = renders.float().cpu().numpy()
-        alphas = alphas.float().cpu().numpy()[..., 0]
-        for j, i in enumerate(idx):
-            yield i, np.clip(renders[j, ..., :3], 0.0, 1.0), renders[j, ..., 3], alphas[j]
 
 
 # -- video files --------------------------------------------------------------------------------
@@ -253,91 +179,3 @@ def count_video_frames(path: str | Path) -> int:
         return sum(1 for _ in reader)
     finally:
         reader.close()
-
-
-# -- a run's renders ------------------------------------------------------------------------------
-@dataclass
-class SplitRenders:
-    folder: Path
-    images: list[Path]
-    depths: list[Path]
-    step: int
-    depth_range: tuple[float, float]
-
-
-def _unique_names(names: Sequence[str], ids: Sequence[int]) -> list[str]:
-    if len(set(names)) == len(names):
-        return list(names)
-    return [f"{i:04d}_{n}" for n, i in zip(names, ids)]
-
-
-def render_split(run_dir, split: str = "test", checkpoint=None, out_dir=None,
-                 batch_size: int = DEFAULT_BATCH, device: Optional[str] = None) -> SplitRenders:
-    """Render a run's ``split`` views to ``out_dir`` (default ``RUN/renders/<split>``): one
-    ``<name>.png`` per view plus ``depth/<name>.png``, expected depth colour-mapped with turbo
-    over one depth range shared by every view."""
-    from splatkit.data.imageio_utils import write_image
-    from splatkit.train.run import Run
-
-    run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
-    model, payload = run.load_model(checkpoint)
-    scene, ids, positions = run.views(split)
-    cameras = scene.cameras[positions]
-    names = _unique_names([scene.names[p] for p in positions], ids)
-    settings = settings_for(run.config, batch_size, device)
-    near, far = depth_range(model.splats["means"].detach().cpu().numpy(),
-                            torch_sigmoid(model.splats["opacities"]), cameras)
-    folder = Path(out_dir) if out_dir is not None else run.path / "renders" / split
-    images, depths = [], []
-    for i, rgb, depth, alpha in render_views(model, cameras, settings):
-        img_path = folder / f"{names[i]}.png"
-        depth_path = folder / "depth" / f"{names[i]}.png"
-        write_image(img_path, rgb)
-        write_image(depth_path, colorize_depth(depth, alpha, near, far))
-        images.append(img_path)
-        depths.append(depth_path)
-    return SplitRenders(folder, images, depths, int(payload.get("step", -1)), (near, far))
-
-
-def torch_sigmoid(logits) -> np.ndarray:
-    import torch
-
-    return torch.sigmoid(logits.detach().float().cpu()).numpy()
-
-
-def orbit_focus(cameras, model) -> np.ndarray:
-    """The cameras' focus point, or (forward-facing captures, whose axes barely cross) the
-    opacity-weighted median of the Gaussians, i.e. where the reconstruction actually is."""
-    from splatkit.data.normalize import focus_point
-
-    focus = focus_point(cameras)
-    if focus is not None:
-        return focus
-    means = model.splats["means"].detach().cpu().numpy()
-    w = torch_sigmoid(model.splats["opacities"])
-    out = np.empty(3)
-    for k in range(3):
-        order = np.argsort(means[:, k])
-        cdf = np.cumsum(w[order])
-        out[k] = means[order[np.searchsorted(cdf, 0.5 * cdf[-1])], k]
-    return out
-
-
-def render_orbit(run_dir, video: Optional[str | Path] = None, n_frames: int = DEFAULT_ORBIT_FRAMES,
-                 checkpoint=None, fps: int = DEFAULT_FPS, batch_size: int = DEFAULT_BATCH,
-                 device: Optional[str] = None) -> VideoResult:
-    """Render an orbit around the scene (fitted to the training cameras, see
-    :mod:`splatkit.render.cameras_path`) to ``video`` (default ``RUN/renders/orbit.mp4``)."""
-    from splatkit.render.cameras_path import orbit_path
-    from splatkit.train.run import Run
-
-    run = run_dir if isinstance(run_dir, Run) else Run.open(run_dir)
-    model, _ = run.load_model(checkpoint)
-    scene = run.load_scene()
-    train_ids, _ = run.split()
-    train_cams = scene.cameras[scene.index_of(train_ids)] if train_ids else scene.cameras
-    path_cams = orbit_path(train_cams, n_frames, focus=orbit_focus(train_cams, model))
-    settings = settings_for(run.config, batch_size, device)
-    target = Path(video) if video is not None else run.path / "renders" / "orbit.mp4"
-    frames = (rgb for _, rgb, _, _ in render_views(model, path_cams, settings))
-    return write_video(target, frames, fps=fps)

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from splatkit.errors import SplatkitError
+from splatkit.resources import configs_dir
 from splatkit.utils.jsonfile import read_json_object
+from splatkit.utils.typecheck import coerce
 
 # 3DGS runs 30k steps, starts densifying at 500, stops at 15k and resets opacities every 3k.
 # Shorter runs keep those proportions (see ``resolved``).
@@ -36,7 +38,7 @@ REF_RVQ_STEPS = 1_000
 REF_FIELD_WARMUP = 100
 REF_FIELD_MILESTONES = (5_000, 15_000, 25_000)
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS_DIR = configs_dir()
 
 # Fields that hold paths (written as str in config.json, read back as Path).
 _PATH_FIELDS = ("data", "out", "output_root", "depth_prior_dir")
@@ -63,6 +65,9 @@ class TrainConfig:
     """Run folder (default: ``output_root/<scene>/<method>/<YYYY-mm-dd_HHMMSS>``)."""
     output_root: Path = Path("outputs")
     method: str = "3dgs"
+    """What to train: a registered method (:mod:`splatkit.methods`; ``3dgs``)."""
+    run_name: Optional[str] = None
+    """Folder name between the scene and the time stamp (default: the method)."""
     preset: Optional[str] = None
     """Name of the preset this config was built from (informational once resolved)."""
     steps: int = 30_000
@@ -107,15 +112,16 @@ class TrainConfig:
     near_plane: float = 0.01
     far_plane: float = 1e10
 
-    # -- priors / regularisers -----------------------------------------------------------------
+    # -- priors / regularisers (plugins) -------------------------------------------------------
     use_masks: bool = False
-    """Supervise the rendered alpha with the object masks (adds the ``mask`` regulariser) and
+    """Supervise the rendered alpha with the object masks (adds the ``mask`` plugin) and
     composite the ground truth over the background outside the mask."""
-    mask_weight: float = 0.1
-    mask_loss: Literal["bce", "l1"] = "bce"
     regularizers: list[str] = field(default_factory=list)
-    """Extra regulariser names (see :mod:`splatkit.train.regularizers`): depth_ranking,
-    depth_continuity, depth_pearson, depth_patch (need ``depth_prior``), dropout."""
+    """Plugins to run (:mod:`splatkit.methods.plugins`): depth_ranking, depth_continuity,
+    depth_pearson, depth_patch (need ``depth_prior``), dropout, or a third-party plugin."""
+    plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each plugin's settings, a nested section per plugin: ``{"depth_ranking": {"weight": 0.2}}``
+    (``--plugin.depth-ranking.weight 0.2``). Unset settings keep the plugin's defaults."""
     depth_prior: str = "none"
     """Depth prior for the depth losses: ``none``, ``files`` (``depth/<image stem>.npy|png|pfm``
     beside the images, or ``depth_prior_dir``) or a depth model (alias such as
@@ -125,29 +131,22 @@ class TrainConfig:
     as monocular estimators write it). Models declare their own kind."""
     depth_prior_dir: Optional[Path] = None
     """Folder of depth-prior files (default: ``depth/`` in the dataset folder)."""
-    depth_rank_weight: float = 0.2
-    """SparseNeRF local depth ranking weight (the paper's DTU setting)."""
-    depth_rank_box: float = 1.0
-    """Side of the random box pairs are drawn in, as a fraction of the image (1.0: whole image, DTU)."""
-    depth_rank_pairs: int = 4096
-    """Pixel pairs (and continuity anchors) per view and step."""
-    depth_rank_margin: float = 1e-4
-    depth_continuity_weight: float = 1.0
-    """SparseNeRF spatial continuity weight."""
-    depth_continuity_window: int = 3
-    """Neighbours are drawn from the ±window px square around each anchor."""
-    depth_continuity_fraction: float = 0.3
-    """... among this fraction of the window closest to the anchor in the prior."""
-    depth_pearson_weight: float = 0.05
-    """FSGS Pearson-correlation depth loss weight."""
-    depth_patch_weight: float = 0.1
-    """DNGaussian patch-normalised depth loss weight."""
-    depth_patch_size: int = 8
-    dropout_gamma: float = 0.1
-    """DropGaussian: the drop rate grows linearly from 0 to this over the run."""
 
-    # -- densification (gsplat DefaultStrategy) ------------------------------------------------
+    # -- densification (a strategy: gsplat DefaultStrategy or MCMCStrategy) ---------------------
     densify: bool = True
+    strategy: Literal["default", "mcmc"] = "default"
+    """``default``: 3DGS's clone/split/prune (gsplat ``DefaultStrategy``); ``mcmc``: 3DGS-MCMC's
+    relocation, growth up to ``cap_max`` and position noise (gsplat ``MCMCStrategy``)."""
+    cap_max: int = 1_000_000
+    """MCMC: the most Gaussians the strategy grows to (gsplat's default)."""
+    mcmc_noise_lr: float = 5e5
+    """MCMC: position noise scale, times the current position LR (3DGS-MCMC / gsplat)."""
+    mcmc_opacity_reg: float = 0.01
+    """MCMC: weight of the mean-opacity regulariser (3DGS-MCMC / gsplat)."""
+    mcmc_scale_reg: float = 0.01
+    """MCMC: weight of the mean-scale regulariser (3DGS-MCMC / gsplat)."""
+    mcmc_min_opacity: float = 0.005
+    """MCMC: Gaussians at or below this opacity are relocated."""
     refine_start_iter: Optional[int] = None
     """Default: 500/30000 of ``steps``."""
     refine_stop_iter: Optional[int] = None
@@ -249,15 +248,16 @@ class TrainConfig:
         _check_positive(c, ("downscale", "batch_size", "sh_degree_interval", "init_num_points",
                             "refine_every", "reset_every", "log_every", "hold_every", "init_scale"))
         _check_nonnegative(c, ("checkpoint_every", "keep_checkpoints", "preview_every",
-                               "ssim_lambda", "mask_weight", "refine_start_iter", "refine_stop_iter",
-                               "depth_rank_weight", "depth_rank_margin", "depth_continuity_weight",
-                               "depth_pearson_weight", "depth_patch_weight"))
-        _check_positive(c, ("depth_rank_pairs", "depth_continuity_window", "depth_patch_size"))
-        for name in ("depth_rank_box", "depth_continuity_fraction"):
-            if not 0 < getattr(c, name) <= 1:
-                raise SplatkitError(f"{name} must be in (0, 1], got {getattr(c, name)}")
-        if not 0 <= c.dropout_gamma < 1:
-            raise SplatkitError(f"dropout_gamma must be in [0, 1), got {c.dropout_gamma}")
+                               "ssim_lambda", "refine_start_iter", "refine_stop_iter",
+                               "mcmc_noise_lr", "mcmc_opacity_reg", "mcmc_scale_reg", "mcmc_min_opacity"))
+        _check_positive(c, ("cap_max",))
+        from splatkit.methods import method_class
+        from splatkit.methods.plugins import check_plugin_settings, plugin_class, plugin_settings
+
+        method_class(c.method)  # a clear error for an unknown method
+        c.plugins = check_plugin_settings(c.plugins)
+        for name in c.plugins:
+            plugin_settings(plugin_class(name), c.plugins)  # each plugin validates its own values
         c.depth_prior_dir = None if c.depth_prior_dir is None else Path(c.depth_prior_dir)
         if c.ssim_lambda > 1:
             raise SplatkitError(f"ssim_lambda must be in [0, 1], got {c.ssim_lambda}")
@@ -271,7 +271,7 @@ class TrainConfig:
                               ("backend", ("auto", "cpu", "torch", "gsplat")),
                               ("background", ("black", "white", "random")),
                               ("init", ("auto", "sfm", "random")),
-                              ("mask_loss", ("bce", "l1")),
+                              ("strategy", ("default", "mcmc")),
                               ("color_field_output", ("sigmoid", "sh0")),
                               ("depth_prior_kind", ("depth", "inverse"))):
             if getattr(c, name) not in allowed:
@@ -330,60 +330,48 @@ def _check_nonnegative(c: TrainConfig, names) -> None:
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 _HINTS = typing.get_type_hints(TrainConfig)
+# Run labels that presets once wrote as ``method``; they were all 3DGS runs.
+_LEGACY_METHOD_LABELS = ("sparse", "sparse9", "compact")
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Check a JSON value against the field's type; paths become :class:`Path`."""
-    hint = _HINTS[name]
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    optional = origin is typing.Union and type(None) in args
-    if optional:
-        if value is None:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-
-    def bad() -> SplatkitError:
-        return SplatkitError(f"{source}: {name} = {value!r} is not a valid {getattr(hint, '__name__', hint)}")
-
-    if hint is Path:
-        if not isinstance(value, (str, Path)):
-            raise bad()
-        return Path(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad()
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise bad()
-        return value
-    if origin is Literal:
-        if value not in args:
-            raise SplatkitError(f"{source}: {name} must be one of {', '.join(map(str, args))}; got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise bad()
-        return [_coerce_item(name, args[0], v, source) for v in value]
-    return value  # pragma: no cover - every field type is handled above
+    return coerce(name, _HINTS[name], value, source)
 
 
-def _coerce_item(name: str, hint, value, source: str):
-    if hint is int and not (isinstance(value, int) and not isinstance(value, bool)):
-        raise SplatkitError(f"{source}: {name} must be a list of integers, got item {value!r}")
-    if hint is str and not isinstance(value, str):
-        raise SplatkitError(f"{source}: {name} must be a list of strings, got item {value!r}")
-    return value
+def _merge_plugins(into: dict, sections: dict) -> None:
+    """Merge plugin sections setting by setting (a preset's weight and a flag's pair count both stay)."""
+    for name, settings in sections.items():
+        into.setdefault(name.replace("-", "_"), {}).update(settings)
+
+
+def set_value(values: dict[str, Any], key: str, value: Any, source: str) -> None:
+    """Put one config value into ``values``: a field (type-checked), a plugin setting as
+    ``plugins.NAME.SETTING``, or an old flat key that now sets plugin settings (an alias)."""
+    from splatkit.methods.plugins import legacy_keys
+
+    key = key.replace("-", "_")
+    if key.startswith("plugins."):
+        parts = key.split(".")
+        if len(parts) != 3:
+            raise SplatkitError(f"{source}: plugin settings are plugins.NAME.SETTING, got {key!r}")
+        _merge_plugins(values.setdefault("plugins", {}), {parts[1]: {parts[2]: value}})
+        return
+    if key in FIELD_NAMES:
+        value = _coerce(key, value, source)
+        if key == "plugins":
+            _merge_plugins(values.setdefault("plugins", {}), value)
+        elif key == "method" and value in _LEGACY_METHOD_LABELS:
+            values["method"] = "3dgs"
+            values.setdefault("run_name", value)
+        else:
+            values[key] = value
+        return
+    aliases = legacy_keys().get(key)
+    if aliases is None:
+        raise SplatkitError(f"unknown config key {key!r} in {source}")
+    for plugin, setting in aliases:
+        _merge_plugins(values.setdefault("plugins", {}), {plugin: {setting: value}})
 
 
 def read_overrides(path: str | Path, *, allow: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -394,13 +382,11 @@ def read_overrides(path: str | Path, *, allow: tuple[str, ...] = ()) -> dict[str
     """
     path = Path(path)
     raw = read_json_object(path, "config file")
-    out = {}
+    out: dict[str, Any] = {}
     for key, value in raw.items():
         if key.startswith("_") or key in allow:
             continue
-        if key not in FIELD_NAMES:
-            raise SplatkitError(f"unknown config key {key!r} in {path}")
-        out[key] = _coerce(key, value, str(path))
+        set_value(out, key, value, str(path))
     return out
 
 
@@ -443,28 +429,46 @@ def resolve_config(overrides: Optional[dict[str, Any]] = None, *, preset: Option
     """
     values: dict[str, Any] = {}
     if load_config is not None:
-        values.update(load_saved_config(load_config))
-    if preset is None and load_config is None and "default" in available_presets():
-        preset = "default"
+        _update(values, load_saved_config(load_config))
+    if preset is None and load_config is None:
+        preset = auto_preset((overrides or {}).get("device", "auto"))
     if preset is not None:
-        values.update(load_preset(preset))
+        _update(values, load_preset(preset))
         values["preset"] = preset
     for key, value in (overrides or {}).items():
-        if key not in FIELD_NAMES:
-            raise SplatkitError(f"unknown config key {key!r}")
-        values[key] = _coerce(key, value, "command line")
+        set_value(values, key, value, "command line")
     return TrainConfig(**values).resolved()
+
+
+def _update(values: dict, new: dict) -> None:
+    plugins = new.get("plugins")
+    values.update({k: v for k, v in new.items() if k != "plugins"})
+    if plugins:
+        _merge_plugins(values.setdefault("plugins", {}), plugins)
+
+
+# The preset a run without --preset gets: 3DGS's 7k-step schedule where a GPU trains it in
+# minutes, a schedule a CPU finishes in minutes elsewhere (measured in docs/benchmarks.md).
+AUTO_PRESETS = {"cuda": "default", "cpu": "cpu"}
+
+
+def auto_preset(device: str = "auto") -> Optional[str]:
+    """``default`` on a CUDA device, ``cpu`` on a CPU (``device`` as ``--device`` takes it)."""
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = AUTO_PRESETS.get(device, "default")
+    return name if name in available_presets() else None
 
 
 def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainConfig:
     """A :class:`TrainConfig` from a ``to_dict`` result (unknown keys are an error)."""
-    clean = {}
+    clean: dict[str, Any] = {}
     for key, value in values.items():
         if key == "splatkit_version" or key.startswith("_"):
             continue
-        if key not in FIELD_NAMES:
-            raise SplatkitError(f"unknown config key {key!r} in {source}")
-        clean[key] = _coerce(key, value, source)
+        set_value(clean, key, value, source)
     return TrainConfig(**clean)
 
 
@@ -491,11 +495,31 @@ def parse_set_overrides(items: list[str]) -> dict[str, Any]:
         key = key.strip().replace("-", "_")
         if not sep or not key:
             raise SplatkitError(f"--set takes KEY=VALUE, got {item!r}")
-        if key not in FIELD_NAMES:
-            raise SplatkitError(f"--set: unknown config key {key!r}")
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
-        out[key] = _coerce(key, value, "--set")
+        set_value({}, key, value, "--set")  # checked now; applied by resolve_config
+        out[key] = value
     return out
+
+
+def plugin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split ``--plugin.NAME.SETTING VALUE`` (or ``=VALUE``) out of a command line: ``(the rest,
+    ["plugins.NAME.SETTING=VALUE", ...])`` for :func:`parse_set_overrides`."""
+    rest, sets = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--plugin.") or arg.startswith("--prior."):
+            key, sep, value = arg[2:].partition("=")
+            if not sep:
+                if i + 1 >= len(argv):
+                    raise SplatkitError(f"{arg} needs a value")
+                value = argv[i + 1]
+                i += 1
+            sets.append("plugins." + key.split(".", 1)[1] + "=" + value)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, sets

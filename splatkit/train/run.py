@@ -121,10 +121,11 @@ class Run:
         return p
 
     def load_model(self, checkpoint: Union[None, int, str, Path] = None, map_location="cpu"):
-        """``(GaussianModel, payload)`` from the latest (or the given) checkpoint."""
-        from splatkit.models.gaussians import GaussianModel
+        """``(model, payload)`` from the latest (or the given) checkpoint: the evaluation model of
+        whichever method wrote it (:func:`splatkit.methods.load_checkpoint`)."""
+        from splatkit.methods import load_checkpoint
 
-        return GaussianModel.load_checkpoint(self.checkpoint(checkpoint), map_location=map_location)
+        return load_checkpoint(self.checkpoint(checkpoint), map_location=map_location)
 
     # -- data -----------------------------------------------------------------------------------
     def load_scene(self):
@@ -146,9 +147,9 @@ class Run:
 
     def normalization(self, checkpoint: Union[None, int, str, Path] = None):
         """The scene normalisation recorded in the (latest) checkpoint's metadata."""
-        from splatkit.models.gaussians import checkpoint_normalization
+        from splatkit.methods.base import payload_normalization
 
-        return checkpoint_normalization(self.load_model(checkpoint)[1])
+        return payload_normalization(self.load_model(checkpoint)[1])
 
     def views(self, split: str):
         """``(scene, ids, positions)`` for the run's ``"train"`` or ``"test"`` views."""

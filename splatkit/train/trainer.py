@@ -1,34 +1,23 @@
-"""3D Gaussian Splatting training, following gsplat's ``examples/simple_trainer.py`` (gsplat 1.5.3).
+"""The training loop, for any method (:mod:`splatkit.methods`): steps, view batches, the
+photometric loss, plugins' losses and hooks, logging, checkpoints, exact resume, the NaN guard,
+Ctrl-C and the end-of-run scores. It never names a representation: the method renders, owns its
+parameters, optimisers and strategy, and writes the model part of a checkpoint.
 
-One Adam per parameter group (what gsplat's strategies edit), exponential position-LR decay,
-the 3DGS SH-degree schedule, ``(1 - lambda) L1 + lambda D-SSIM``, pluggable regularisers
-(:mod:`splatkit.train.regularizers`) and ``gsplat.strategy.DefaultStrategy`` densification driven
-by the rasteriser's ``meta``.
-
-Compact-3DGS (Lee et al., CVPR 2024; :mod:`splatkit.compress.compact`), when the config asks:
-learnable per-Gaussian masks (a ``mask`` entry in ``model.splats``, so densification carries it,
-pruned at densification steps and every ``mask_prune_every`` steps after), a hash-grid colour
-field instead of per-Gaussian SH (its own Adam and LR schedule) and R-VQ of scales / rotations
-from ``rvq_start`` on (learnable codebooks, straight-through). Evaluation uses
-``model.compacted()``: masked-out Gaussians removed, coded attributes at their codebook values.
-
-Nothing is lost: checkpoints are atomic and carry optimiser, strategy, regulariser and RNG state
-(torch, numpy, python and the view-sampling generator), so ``--resume`` ends with the same
-parameters as an uninterrupted run with the same seed. Ctrl-C finishes the current step and saves
-a checkpoint; a non-finite loss or parameter stops the run without overwriting the last good
-checkpoint.
+Nothing is lost: checkpoints are atomic and carry the method's optimiser and strategy state, every
+plugin's state and the RNG state (torch, numpy, python and the view-sampling generator), so
+``--resume`` ends with the same parameters as an uninterrupted run with the same seed. Ctrl-C
+finishes the current step and saves a checkpoint; a non-finite loss or parameter stops the run
+without overwriting the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import sys
 import threading
 import time
-import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,21 +27,16 @@ import numpy as np
 import torch
 
 import splatkit
-from splatkit.compress import compact
 from splatkit.data.scene import Scene
 from splatkit.errors import SplatkitError
-from splatkit.models.gaussians import GaussianModel
+from splatkit.methods import method_class
+from splatkit.methods.base import Batch, Plugin, RenderOutputs, TrainState, check_finite, read_payload
+from splatkit.methods.plugins import build_plugins
+from splatkit.models.init import scene_extent
 from splatkit.train import run as runfiles
 from splatkit.train.config import TrainConfig
 from splatkit.train.losses import photometric_loss
-from splatkit.train.regularizers import (Batch, Regularizer, RenderOutputs, TrainContext,
-                                         build_regularizers)
 from splatkit.utils.atomic import atomic_path, write_text_atomic
-
-# 3DGS / gsplat: scene extent = 1.1 x the largest camera distance from the camera centroid.
-SCENE_SCALE_MARGIN = 1.1
-# gsplat simple_trainer's random init: a cube of half-size 3 x scene_scale.
-RANDOM_INIT_EXTENT = 3.0
 
 Callback = Callable[["Trainer", int], None]
 
@@ -95,157 +79,6 @@ def choose_split(scene: Scene, config: TrainConfig) -> tuple[list[int], list[int
     return train, test
 
 
-def scene_extent(cameras) -> float:
-    """gsplat's ``scene_scale``: 1.1 x the largest camera distance from the cameras' centroid."""
-    c = cameras.centers
-    radius = float(np.max(np.linalg.norm(c - c.mean(axis=0), axis=1))) if len(c) else 0.0
-    if radius < 1e-6:
-        # One camera (or all at one spot): fall back to its distance to the origin, where
-        # readers put the object after normalisation.
-        radius = float(np.max(np.linalg.norm(c, axis=1))) if len(c) else 1.0
-        radius = radius if radius > 1e-6 else 1.0
-    return SCENE_SCALE_MARGIN * radius
-
-
-def _visibility_and_colors(scene: Scene, points: np.ndarray, chunk: int = 32768
-                           ) -> tuple[np.ndarray, np.ndarray]:
-    """For each point: whether every mask that sees it marks it as object (True without masks),
-    and the mean colour of the pixels it projects to (0.5 grey where no view sees it)."""
-    cams = scene.cameras
-    inside = np.ones(len(points), dtype=bool)
-    colors = np.full((len(points), 3), 0.5, dtype=np.float32)
-    for start in range(0, len(points), chunk):
-        pts = points[start:start + chunk]
-        uv, z = cams.project(pts)
-        acc = np.zeros((len(pts), 3))
-        cnt = np.zeros(len(pts))
-        ok = np.ones(len(pts), dtype=bool)
-        for v in range(len(cams)):
-            W, H = int(cams.widths[v]), int(cams.heights[v])
-            with np.errstate(invalid="ignore"):
-                px = np.floor(uv[v, :, 0])
-                py = np.floor(uv[v, :, 1])
-            seen = (z[v] > 0) & (px >= 0) & (px < W) & (py >= 0) & (py < H)
-            ix = px[seen].astype(np.int64)
-            iy = py[seen].astype(np.int64)
-            if scene.masks is not None:
-                in_mask = scene.masks[v][iy, ix] >= 0.5
-                bad = np.zeros(len(pts), dtype=bool)
-                bad[np.where(seen)[0][~in_mask]] = True
-                ok &= ~bad
-            acc[seen] += scene.images[v][iy, ix]
-            cnt[seen] += 1
-        inside[start:start + chunk] = ok
-        has = cnt > 0
-        colors[start:start + chunk][has] = (acc[has] / cnt[has, None]).astype(np.float32)
-    return inside, colors
-
-
-def _depth_points(scene: Scene, max_points: int = 200_000) -> Optional[np.ndarray]:
-    """World points of the valid depth pixels (subsampled), or None without depth maps."""
-    if scene.depths is None:
-        return None
-    valid_total = sum(int((d > 0).sum()) for d in scene.depths)
-    if valid_total == 0:
-        return None
-    stride = max(1, int(math.ceil(math.sqrt(valid_total / max_points))))
-    out = []
-    for v, depth in enumerate(scene.depths):
-        o, d = scene.cameras.pixel_rays(v)
-        o, d, z = o[::stride, ::stride], d[::stride, ::stride], depth[::stride, ::stride]
-        keep = z > 0
-        fwd = scene.cameras.forward[v]
-        # z-depth is along the optical axis; the ray parameter is z / cos(angle to the axis).
-        t = z[keep] / (d[keep] @ fwd)
-        out.append(o[keep] + d[keep] * t[:, None])
-    return np.concatenate(out) if out else None
-
-
-def _radius_inside_all_frustums(cams, center: np.ndarray) -> float:
-    """Radius of the largest sphere around ``center`` that lies inside every camera's frustum
-    (0 when ``center`` is outside one of them)."""
-    p = (cams.worldtocams() @ np.append(center, 1.0))[:, :3]  # [N, 3] camera coordinates
-    fx, fy, cx, cy = cams.Ks[:, 0, 0], cams.Ks[:, 1, 1], cams.Ks[:, 0, 2], cams.Ks[:, 1, 2]
-    zero = np.zeros_like(fx)
-    # Inward normals of the four side planes (through the camera centre): inside <=> n . p >= 0.
-    normals = np.stack([np.stack([fx, zero, cx], -1), np.stack([-fx, zero, cams.widths - cx], -1),
-                        np.stack([zero, fy, cy], -1), np.stack([zero, -fy, cams.heights - cy], -1)], 1)
-    normals /= np.linalg.norm(normals, axis=-1, keepdims=True)
-    dist = np.einsum("npk,nk->np", normals, p)
-    return max(float(dist.min()), 0.0)
-
-
-def random_init_points(scene: Scene, n: int, rng: np.random.Generator, carve: bool = True,
-                       scene_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
-    """``n`` random points around the object: ``(points, colors, how the bounds were found)``.
-
-    Bounds come from the depth maps (1st-99th percentile box of the unprojected depths) when the
-    scene has them, else from the cameras: the largest sphere around their focus point that every
-    camera sees whole. Forward-facing captures (no focus point) get gsplat's cube of half-size
-    3 x scene_scale around the cameras. With masks (and ``carve``), points outside any mask that
-    sees them are rejected: a visual hull. Colours are the mean of the pixels a point projects to.
-    """
-    from splatkit.data.normalize import focus_point
-
-    cams = scene.cameras
-    dpts = _depth_points(scene)
-    if dpts is not None and len(dpts) >= 8:
-        lo, hi = np.percentile(dpts, 1, axis=0), np.percentile(dpts, 99, axis=0)
-        pad = 0.1 * (hi - lo) + 1e-3
-        lo, hi = lo - pad, hi + pad
-        how = "depth-map bounds"
-
-        def sample(m: int) -> np.ndarray:
-            return lo + (hi - lo) * rng.random((m, 3))
-    else:
-        center = focus_point(cams) if len(cams) >= 2 else None
-        radius = _radius_inside_all_frustums(cams, center) if center is not None else 0.0
-        if radius > 0:
-            how = "sphere seen by every camera"
-
-            def sample(m: int) -> np.ndarray:
-                d = rng.normal(size=(m, 3))
-                d /= np.linalg.norm(d, axis=1, keepdims=True) + 1e-12
-                return center + d * radius * rng.random((m, 1)) ** (1 / 3)
-        else:
-            center = cams.centers.mean(axis=0)
-            half = RANDOM_INIT_EXTENT * scene_scale
-            how = "cube around the cameras"
-
-            def sample(m: int) -> np.ndarray:
-                return center + half * (2 * rng.random((m, 3)) - 1)
-
-    if carve and scene.masks is not None:
-        kept_pts, kept_cols, total = [], [], 0
-        for _ in range(50):  # rejection sampling; a thin object may keep only a few % per round
-            cand = sample(max(4 * n, 4096))
-            ok, cols = _visibility_and_colors(scene, cand)
-            kept_pts.append(cand[ok])
-            kept_cols.append(cols[ok])
-            total += int(ok.sum())
-            if total >= n:
-                break
-        if total > 0:
-            return (np.concatenate(kept_pts)[:n], np.concatenate(kept_cols)[:n],
-                    how + ", carved by the masks")
-        how += " (mask carving kept no point; uncarved)"
-    pts = sample(n)
-    _, cols = _visibility_and_colors(scene if scene.masks is None else _without_masks(scene), pts)
-    return pts, cols, how
-
-
-def _without_masks(scene: Scene) -> Scene:
-    s = scene.subset(range(len(scene)))
-    s.masks = None
-    return s
-
-
-def _without_depths(scene: Scene) -> Scene:
-    s = scene.subset(range(len(scene)))
-    s.depths = None
-    return s
-
-
 class ViewSampler:
     """Shuffled passes over the training views from a dedicated generator (saved in checkpoints)."""
 
@@ -286,25 +119,11 @@ class _TrainViews:
     heights: list[int]
 
 
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    return obj
-
-
-def _to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    return obj
-
-
 def _fmt_views(ids: Sequence[int], limit: int = 12) -> str:
     s = ", ".join(map(str, ids[:limit]))
     return s + (", ..." if len(ids) > limit else "")
+
+
 
 
 class Trainer:
@@ -312,24 +131,26 @@ class Trainer:
 
     ``scene``: use this in-memory scene instead of loading ``config.data``. ``callbacks`` are
     called as ``callback(trainer, step)`` after every completed step (``step`` counts completed
-    steps), before the finiteness check and checkpointing. ``regularizers`` are added to those the
-    config names.
+    steps), before the finiteness check and checkpointing. ``plugins`` (``regularizers``, the
+    old name) are added after those the method and the config name.
     """
 
     def __init__(self, config: TrainConfig, *, scene: Optional[Scene] = None, resume: bool = False,
-                 quiet: bool = False, callbacks: Sequence[Callback] = (),
-                 regularizers: Sequence[Regularizer] = ()):
+                 quiet: bool = False, callbacks: Sequence[Callback] = (), plugins: Sequence[Plugin] = (),
+                 regularizers: Sequence[Plugin] = ()):
         self.config = config.resolved()
         self.resume = bool(resume)
         self.quiet = bool(quiet)
         self.callbacks = list(callbacks)
         self._given_scene = scene
-        self._given_regularizers = list(regularizers)
+        self._given_plugins = list(plugins) + list(regularizers)
         # Checked before any data is read so a wrong --device fails at once.
         self.device = resolve_device(self.config.device)
         self.step = 0
         self.summary: Optional[dict] = None
         self.run_path: Optional[Path] = None
+        self.method = None
+        self.plugins: list[Plugin] = []
         self._interrupt_requested = False
         self._mutating = False
         self._snapshot: Optional[dict] = None
@@ -337,9 +158,15 @@ class Trainer:
         self._t0 = time.time()
         self._elapsed_before = 0.0
         self.train_seconds: Optional[float] = None
-        self.quantizers: dict[str, compact.AttributeQuantizer] = {}
-        self.aux_optimizers: dict[str, torch.optim.Optimizer] = {}
-        self._warned_floor = False
+
+    @property
+    def model(self):
+        """The method's model as trained (3DGS: a ``GaussianModel`` with mask logits)."""
+        return self.method.model
+
+    @property
+    def backend(self) -> Optional[str]:
+        return getattr(self.method, "backend", None)
 
     # ==========================================================================================
     # setup
@@ -386,7 +213,7 @@ class Trainer:
                     raise SplatkitError("run folder already exists and is not empty; add --resume to "
                                         "continue it or choose another --out", path)
             else:
-                base = Path(cfg.output_root) / self._scene_name(scene) / cfg.method
+                base = Path(cfg.output_root) / self._scene_name(scene) / (cfg.run_name or cfg.method)
                 stamp = datetime.now().strftime("%Y-%m-%d_%H%M%S")
                 path, k = base / stamp, 1
                 while path.exists():  # two runs started within the same second
@@ -432,119 +259,23 @@ class Trainer:
             viewmats=ts.cameras.viewmats(dev), Ks=ts.cameras.intrinsics(dev),
             widths=[int(w) for w in ts.cameras.widths], heights=[int(h) for h in ts.cameras.heights])
 
-    def _init_model(self) -> str:
-        cfg = self.config
-        ts = self.train_scene
-        init = cfg.init
-        if init == "sfm" and (ts.points is None or len(ts.points) == 0):
-            raise SplatkitError("init 'sfm' needs SfM points; this dataset has none (use --init random)")
-        if init == "auto":
-            init = "sfm" if ts.points is not None and len(ts.points) > 0 else "random"
-        if init == "sfm":
-            pts = np.asarray(ts.points, dtype=np.float32)
-            cols = (np.asarray(ts.point_colors, dtype=np.float32) if ts.point_colors is not None
-                    else np.full_like(pts, 0.5))
-            how = f"{len(pts)} SfM points"
-        else:
-            rng = np.random.default_rng(cfg.seed)
-            if cfg.depth_prior_kind == "inverse" and ts.depths is not None:
-                # The files in depth/ are declared inverse depth: not metric, so no bounds from them.
-                ts = _without_depths(ts)
-            pts, cols, bounds = random_init_points(ts, cfg.init_num_points, rng,
-                                                   carve=cfg.use_masks and cfg.init_carve_with_masks,
-                                                   scene_scale=self.scene_scale)
-            how = f"{len(pts)} random points ({bounds})"
-        self.model = GaussianModel.from_points(torch.from_numpy(np.asarray(pts, dtype=np.float32)),
-                                               torch.from_numpy(np.asarray(cols, dtype=np.float32)),
-                                               sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
-                                               init_scale=cfg.init_scale).to(self.device)
-        if cfg.gaussian_masks:
-            self.model.splats["mask"] = torch.nn.Parameter(
-                torch.full((self.model.num_gaussians,), compact.MASK_INIT_LOGIT, device=self.device))
-        if cfg.color_field:
-            self.model.color_field = self._new_color_field().to(self.device)
-            self.model.bake_axis = compact.view_hemisphere_axis(ts.cameras.centers)
-        return how
-
-    def _new_color_field(self):
-        from splatkit.models.color_field import ColorField, ColorFieldConfig
-        from splatkit.models.hashgrid import HashGridConfig
-
-        cfg = self.config
-        grid = HashGridConfig(n_levels=cfg.color_field_levels, log2_hashmap_size=cfg.color_field_log2_hashmap_size,
-                              seed=cfg.seed)
-        return ColorField(ColorFieldConfig(grid=grid, scene_bound=cfg.color_field_bound, output=cfg.color_field_output))
-
-    def _prepare_compact(self) -> None:
-        """Settings the model and quantizers take from the config, fresh or resumed."""
-        cfg = self.config
-        self.model.mask_threshold = cfg.mask_threshold
-        if self.model.color_field is not None:
-            # The field colours the Gaussians; their SH only hold the initial colours.
-            for name in ("sh0", "shN"):
-                self.model.splats[name].requires_grad_(False)
-        if cfg.rvq:
-            shapes = {k: tuple(v.shape[1:]) for k, v in self.model.splats.items()}
-            self.quantizers = {k: q.to(self.device) for k, q in compact.make_quantizers(
-                cfg.rvq_attributes, shapes, cfg.rvq_stages, cfg.rvq_codebook_size).items()}
-
-    def _build_optimizers(self) -> None:
-        cfg = self.config
-        bs = cfg.batch_size
-        lrs = {"means": cfg.means_lr * self.scene_scale, "scales": cfg.scales_lr, "quats": cfg.quats_lr,
-               "opacities": cfg.opacities_lr, "sh0": cfg.sh0_lr, "shN": cfg.shN_lr, "mask": cfg.mask_lr}
-
-        def adam(params, lr: float, name: Optional[str] = None) -> torch.optim.Optimizer:
-            # Batch scaling as in gsplat simple_trainer: lr x sqrt(B), eps / sqrt(B), betas^B-ish.
-            # eps 1e-15 is also Compact-3DGS' choice for its colour field.
-            group = {"params": params, "lr": lr * math.sqrt(bs)}
-            if name is not None:
-                group["name"] = name
-            return torch.optim.Adam([group], eps=1e-15 / math.sqrt(bs),
-                                    betas=(1 - bs * (1 - 0.9), 1 - bs * (1 - 0.999)))
-
-        # Frozen entries (SH under a colour field) have no optimiser; gsplat's strategy expects that.
-        self.optimizers = {name: adam([p], lrs[name], name) for name, p in self.model.splats.items()
-                           if p.requires_grad}
-        self.aux_optimizers = {}
-        if self.model.color_field is not None:
-            self.aux_optimizers["color_field"] = adam(list(self.model.color_field.parameters()), cfg.color_field_lr)
-        for name, q in self.quantizers.items():
-            # A codebook entry stands for many Gaussians' values: it learns at their LR.
-            self.aux_optimizers[f"rvq/{name}"] = adam(list(q.parameters()), lrs[name])
-        self._means_lr0 = lrs["means"] * math.sqrt(bs)
-        self._field_lr0 = cfg.color_field_lr * math.sqrt(bs)
-
-    def _build_strategy(self) -> None:
-        from gsplat.strategy import DefaultStrategy
-
-        cfg = self.config
-        self.strategy = DefaultStrategy(
-            prune_opa=cfg.prune_opa, grow_grad2d=cfg.grow_grad2d, grow_scale3d=cfg.grow_scale3d,
-            prune_scale3d=cfg.prune_scale3d, refine_start_iter=cfg.refine_start_iter,
-            refine_stop_iter=cfg.refine_stop_iter, reset_every=cfg.reset_every,
-            refine_every=cfg.refine_every, pause_refine_after_reset=cfg.pause_refine_after_reset,
-            absgrad=cfg.absgrad, verbose=False)
-        self.strategy.check_sanity(self.model.splats, self.optimizers)
-        self.strategy_state = self.strategy.initialize_state(scene_scale=self.scene_scale)
-
     def _setup(self) -> None:
         cfg = self.config
         scene = self._load_scene()
-        self.regularizers = build_regularizers(cfg) + self._given_regularizers
-        names = [r.name for r in self.regularizers]
+        self.method = method_class(cfg.method)(cfg, self.device)
+        self.plugins = self.method.default_plugins() + build_plugins(cfg, cfg.method) + self._given_plugins
+        names = [p.name for p in self.plugins]
         if len(set(names)) != len(names):
-            raise SplatkitError(f"regulariser names repeat: {names}")
+            raise SplatkitError(f"plugin names repeat: {names}")
         self._choose_run_folder(scene)
         self._prepare_views(scene)
-        for reg in self.regularizers:
-            if reg.needs_masks and self.train_scene.masks is None:
-                raise SplatkitError(f"the {reg.name!r} regulariser (--use-masks for 'mask') needs a dataset "
+        for plugin in self.plugins:
+            if plugin.needs_masks and self.train_scene.masks is None:
+                raise SplatkitError(f"the {plugin.name!r} plugin (--use-masks for 'mask') needs a dataset "
                                     "with masks; this one has none")
-            if reg.needs_depth_maps and self.train_scene.depths is None:
-                raise SplatkitError(f"the {reg.name!r} regulariser needs depth maps; this dataset has none")
+            if plugin.needs_depth_maps and self.train_scene.depths is None:
+                raise SplatkitError(f"the {plugin.name!r} plugin needs depth maps; this dataset has none")
         self.scene_scale = float(cfg.scene_scale) if cfg.scene_scale else scene_extent(self.train_scene.cameras)
-        self.backend = None
 
         random.seed(cfg.seed)
         np.random.seed(cfg.seed % 2**32)
@@ -552,68 +283,45 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.sampler = ViewSampler(len(self.train_scene), cfg.batch_size, self.generator)
 
-        resume_from = None
-        if self.resume:
-            ckpts = self.run.checkpoints()
-            resume_from = ckpts[-1] if ckpts else None
+        ckpts = self.run.checkpoints() if self.resume else []
+        resume_from = ckpts[-1] if ckpts else None
+        saved: dict = {}
         if resume_from is not None:
+            payload = read_payload(resume_from, self.device)
+            saved = payload.get("trainer")
+            if not isinstance(saved, dict):
+                raise SplatkitError("checkpoint has no training state to resume from", resume_from)
+            try:
+                self.method.restore(payload, scene_scale=self.scene_scale)
+            except SplatkitError as exc:
+                raise SplatkitError(exc.message, resume_from) from None
             self._init_desc = f"resumed from {resume_from.name}"
-            self._load_training_state(resume_from)
         else:
-            self._init_desc = self._init_model()
-            self._prepare_compact()
-            self._build_optimizers()
-            self._build_strategy()
+            self._init_desc = self.method.initialize(self.train_scene, scene_scale=self.scene_scale)
             self.step = 0
             self._elapsed_before = 0.0
 
-        context = TrainContext(config=cfg, scene=self.train_scene, model=self.model, device=self.device,
-                               scene_scale=self.scene_scale, train_ids=self.train_ids, test_ids=self.test_ids)
-        for reg in self.regularizers:
-            reg.setup(context)
+        self.state = TrainState(config=cfg, scene=self.train_scene, method=self.method, device=self.device,
+                                scene_scale=self.scene_scale, train_ids=self.train_ids, test_ids=self.test_ids,
+                                resumed=resume_from is not None, step=0, render=self.method.render)
+        for plugin in self.plugins:
+            plugin.setup(self.state)
+        self.method.build_optimizers()
         if resume_from is not None:
-            saved = self._resume_payload.get("regularizers", {})
-            for reg in self.regularizers:
-                reg.load_state_dict(saved.get(reg.name, {}))
-        self.render_mode = "RGB+ED" if any(r.needs_depth for r in self.regularizers) else "RGB"
+            self.method.load_training_state(saved)
+            plugin_states = saved.get("plugins", saved.get("regularizers", {}))
+            for plugin in self.plugins:
+                plugin.load_state_dict(plugin_states.get(plugin.name, {}))
+            self._restore_rng(saved["rng"])
+            self.step = int(payload["step"])
+            self._elapsed_before = float(saved.get("elapsed_s", 0.0))
+            self._last_checkpoint = resume_from
+        self.state.step = self.step
+        self.with_depth = any(p.needs_depth for p in self.plugins)
         self._write_run_files()
         self._trim_log()
 
-    def _load_training_state(self, path: Path) -> None:
-        cfg = self.config
-        model, payload = GaussianModel.load_checkpoint(path, map_location=self.device, raw=True)
-        state = payload.get("trainer")
-        if not isinstance(state, dict):
-            raise SplatkitError("checkpoint has no training state to resume from", path)
-        if model.sh_degree != cfg.sh_degree:
-            raise SplatkitError(f"checkpoint has SH degree {model.sh_degree}, the config asks for "
-                                f"{cfg.sh_degree}; the SH degree cannot change on resume", path)
-        if (model.color_field is not None) != cfg.color_field:
-            raise SplatkitError(f"checkpoint {'has' if model.color_field is not None else 'has no'} colour field "
-                                f"but the config has color_field={cfg.color_field}; it cannot change on resume", path)
-        if "mask" in model.splats and not cfg.gaussian_masks:
-            raise SplatkitError("checkpoint has learnable masks but the config has gaussian_masks=false; "
-                                "they cannot be turned off on resume", path)
-        if cfg.gaussian_masks and "mask" not in model.splats:
-            # A checkpoint from before masks were on: every Gaussian starts with the initial mask.
-            model.splats["mask"] = torch.nn.Parameter(
-                torch.full((model.num_gaussians,), compact.MASK_INIT_LOGIT, device=self.device))
-        self.model = model
-        self._prepare_compact()
-        for name, q in self.quantizers.items():
-            if name in state.get("quantizers", {}):
-                q.load_state_dict(state["quantizers"][name])
-        self._build_optimizers()
-        for name, opt in self.optimizers.items():
-            if name in state["optimizers"]:  # "mask" is new for checkpoints from before masks
-                opt.load_state_dict(state["optimizers"][name])
-        for name, opt in self.aux_optimizers.items():
-            if name in state.get("aux_optimizers", {}):
-                opt.load_state_dict(state["aux_optimizers"][name])
-        self._build_strategy()
-        self.strategy_state = _to_device(state["strategy_state"], self.device)
-        self.strategy_state["scene_scale"] = self.scene_scale
-        rng = state["rng"]
+    def _restore_rng(self, rng: dict) -> None:
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
@@ -621,10 +329,6 @@ class Trainer:
         random.setstate(rng["python"])
         self.generator.set_state(rng["generator"])
         self.sampler.load_state_dict(rng["sampler"])
-        self.step = int(payload["step"])
-        self._elapsed_before = float(state.get("elapsed_s", 0.0))
-        self._resume_payload = state
-        self._last_checkpoint = path
 
     def _trim_log(self) -> None:
         """On resume, drop log lines past the checkpoint so the log has no duplicate steps."""
@@ -650,10 +354,6 @@ class Trainer:
         value = 1.0 if bg == "white" else 0.0
         return torch.full((n, 3), value, device=self.device)
 
-    def _eval_background(self) -> torch.Tensor:
-        value = 1.0 if self.config.background == "white" else 0.0  # random -> black, as gsplat evaluates
-        return torch.full((1, 3), value, device=self.device)
-
     def _make_batch(self, step: int, positions: list[int], bg: torch.Tensor) -> Batch:
         v = self.views
         images = torch.stack([v.images[p] for p in positions])
@@ -661,159 +361,69 @@ class Trainer:
         depths = None if v.depths is None else torch.stack([v.depths[p] for p in positions])
         target = images
         if self.config.use_masks and masks is not None:
-            # The object only: the background is whatever the splats are composited on.
+            # The object only: the background is whatever the model is composited on.
             target = images * masks + bg[:, None, None, :] * (1 - masks)
         return Batch(step=step, positions=positions, view_ids=[self.train_ids[p] for p in positions],
                      images=images, target=target, viewmats=v.viewmats[positions], Ks=v.Ks[positions],
                      width=v.widths[positions[0]], height=v.heights[positions[0]], backgrounds=bg,
                      masks=masks, depths=depths)
 
-    def _render(self, viewmats, Ks, width, height, sh_degree, backgrounds, render_mode="RGB",
-                absgrad=False, params=None, model=None):
-        cfg = self.config
-        renders, alphas, meta = (self.model if model is None else model).render(
-            viewmats, Ks, width, height, sh_degree=sh_degree, backgrounds=backgrounds, render_mode=render_mode,
-            near_plane=cfg.near_plane, far_plane=cfg.far_plane, absgrad=absgrad, backend=cfg.backend,
-            params=params)
-        self.backend = meta.get("backend", self.backend)  # what "auto" picked, for the summary
-        return renders, alphas, meta
-
     def _train_step(self, step: int) -> dict[str, float]:
         """Iteration ``step`` (0-based, as gsplat's strategies count)."""
-        cfg = self.config
+        cfg, method, state = self.config, self.method, self.state
         positions = self.sampler.next()
         bg = self._backgrounds(len(positions))
         batch = self._make_batch(step, positions, bg)
-        sh_degree = min(step // cfg.sh_degree_interval, self.model.sh_degree)
-        params = self._compact_params(step, self.model.activated())
-        for reg in self.regularizers:
-            params = reg.render_params(step, params)
-        renders, alphas, meta = self._render(batch.viewmats, batch.Ks, batch.width, batch.height, sh_degree,
-                                             bg, self.render_mode, absgrad=cfg.absgrad and cfg.densify,
-                                             params=params)
-        colors = renders[..., :3]
-        outputs = RenderOutputs(colors=colors, alphas=alphas, meta=meta, sh_degree=sh_degree,
-                                depths=renders[..., 3:4] if renders.shape[-1] > 3 else None)
-        if cfg.densify:
-            self.strategy.step_pre_backward(self.model.splats, self.optimizers, self.strategy_state, step, meta)
+        for plugin in self.plugins:
+            plugin.on_step_start(step, state)
+        outputs: RenderOutputs = method.render_train(step, batch, with_depth=self.with_depth,
+                                                     param_hooks=[p.render_params for p in self.plugins])
+        method.pre_backward(step, outputs)
 
-        loss, terms = photometric_loss(colors, batch.target, cfg.ssim_lambda)
-        if "mask" in self.model.splats and (cfg.mask_loss_stop_iter is None or step < cfg.mask_loss_stop_iter):
-            term = compact.mask_loss(self.model.splats["mask"], cfg.mask_lambda)
-            terms["gaussian_mask"] = term.detach()
-            loss = loss + term
-        for reg in self.regularizers:
-            out = reg.loss(step, batch, outputs)
+        loss, terms = photometric_loss(outputs.colors, batch.target, cfg.ssim_lambda)
+        for plugin in self.plugins:
+            out = plugin.loss(step, batch, outputs)
             items = out.items() if isinstance(out, dict) else [(None, out)]
             for key, value in items:
-                label = reg.name if key is None else f"{reg.name}/{key}"
+                label = plugin.name if key is None else f"{plugin.name}/{key}"
                 terms[label] = value.detach()
                 loss = loss + value
+        for key, value in method.loss_terms(step, batch, outputs).items():
+            terms[key] = value.detach()
+            loss = loss + value
         if not bool(torch.isfinite(loss)):
             bad = [k for k, v in terms.items() if not bool(torch.isfinite(v).all())]
             raise _Diverged(f"the loss is {loss.item()} at step {step + 1}"
                             + (f" (non-finite term: {', '.join(bad)})" if bad else ""))
         loss.backward()
-
-        # 3DGS position LR: exponential decay from means_lr to means_lr_final over the run.
-        ratio = cfg.means_lr_final / cfg.means_lr if cfg.means_lr > 0 else 1.0
-        self.optimizers["means"].param_groups[0]["lr"] = self._means_lr0 * ratio ** (step / cfg.steps)
-        if "color_field" in self.aux_optimizers:
-            self.aux_optimizers["color_field"].param_groups[0]["lr"] = self._field_lr0 * compact.color_field_lr_factor(
-                step, cfg.color_field_warmup, cfg.color_field_lr_milestones, cfg.color_field_lr_gamma)
+        for plugin in self.plugins:
+            plugin.after_backward(step, state)
 
         self._mutating = True
-        for opt in (*self.optimizers.values(), *self.aux_optimizers.values()):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if cfg.densify:
-            self.strategy.step_post_backward(self.model.splats, self.optimizers, self.strategy_state, step,
-                                             meta, packed=False)
-            self._opacity_reset(step)
-        self._prune_masked(step)
+        method.optimizer_step(step, outputs)
+        for plugin in self.plugins:
+            plugin.on_step_end(step, state)
         self._mutating = False
 
         with torch.no_grad():
-            mse = ((colors.detach().clamp(0, 1) - batch.target) ** 2).mean()
+            mse = ((outputs.colors.detach().clamp(0, 1) - batch.target) ** 2).mean()
         out = {"loss": float(loss.detach()), "psnr": float(-10 * torch.log10(mse.clamp_min(1e-12)))}
         out.update({k: float(v) for k, v in terms.items()})
-        out["sh_degree"] = sh_degree
+        if outputs.sh_degree is not None:
+            out["sh_degree"] = outputs.sh_degree
         return out
-
-    def _opacity_reset(self, step: int) -> None:
-        # gsplat 1.5.3's DefaultStrategy tests ``step % reset_every == 0 & step > 0``, which Python
-        # parses as ``step % reset_every == 0 > 0`` (always False), so its opacity reset never runs.
-        # Do it here as 3DGS does; reset_opa clamps, so it stays correct if gsplat fixes its test.
-        from gsplat.strategy.ops import reset_opa
-
-        cfg = self.config
-        if 0 < step < cfg.refine_stop_iter and step % cfg.reset_every == 0:
-            reset_opa(params=self.model.splats, optimizers=self.optimizers, state=self.strategy_state,
-                      value=cfg.prune_opa * 2.0)
-
-    def _compact_params(self, step: int, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """What Compact-3DGS renders in training: R-VQ-coded attributes from ``rvq_start`` on,
-        then scale and opacity times the straight-through hard mask."""
-        splats = self.model.splats
-        out = dict(params)
-        if self.quantizers and step >= self.config.rvq_start:
-            for name, q in self.quantizers.items():
-                coded = q(compact.rvq_input(name, splats[name]))
-                if name == "scales":
-                    out["scales"] = torch.exp(coded)
-                elif name == "quats":
-                    out["quats"] = coded
-                else:  # shN
-                    out["colors"] = torch.cat([splats["sh0"], coded.reshape(splats["shN"].shape)], dim=1)
-        if "mask" in splats:
-            m = compact.straight_through_mask(splats["mask"], self.config.mask_threshold)
-            out["scales"] = out["scales"] * m[:, None]
-            out["opacities"] = out["opacities"] * m
-        return out
-
-    def _prune_masked(self, step: int) -> None:
-        """Remove masked-out Gaussians at densification steps (as Compact-3DGS' densify_and_prune
-        does) and every ``mask_prune_every`` steps once densification has stopped."""
-        from gsplat.strategy.ops import remove
-
-        cfg = self.config
-        if "mask" not in self.model.splats:
-            return
-        if cfg.densify and step < cfg.refine_stop_iter:
-            # gsplat DefaultStrategy's refinement test, so both prune at the same steps.
-            due = (step > cfg.refine_start_iter and step % cfg.refine_every == 0
-                   and step % cfg.reset_every >= cfg.pause_refine_after_reset)
-        else:
-            due = step > 0 and step % cfg.mask_prune_every == 0
-        if not due:
-            return
-        drop, floored = compact.prune_selection(self.model.splats["mask"], cfg.mask_threshold,
-                                                cfg.mask_min_gaussians)
-        if floored and not self._warned_floor:
-            self._warned_floor = True
-            warnings.warn(f"learnable masks turned off nearly every Gaussian at step {step + 1}; keeping the "
-                          f"{cfg.mask_min_gaussians} with the largest masks (mask_min_gaussians). Consider a "
-                          "smaller mask_lambda", stacklevel=2)
-        if bool(drop.any()):
-            remove(params=self.model.splats, optimizers=self.optimizers, state=self.strategy_state, mask=drop)
-
-    def _sync_codebooks(self) -> None:
-        """Put the quantizers' current codebooks on the model (what checkpoints and evaluation use)."""
-        self.model.codebooks = {name: q.codebooks.detach().clone() for name, q in self.quantizers.items()
-                                if q.initialized}
-
-    def eval_model(self) -> GaussianModel:
-        """The model as evaluation and exports see it (:meth:`GaussianModel.compacted`)."""
-        self._sync_codebooks()
-        return self.model.compacted()
 
     def _check_finite(self, step: int) -> None:
-        extra = {} if self.model.color_field is None else {
-            f"color_field.{k}": v for k, v in self.model.color_field.named_parameters()}
-        extra.update({f"rvq/{k}": q.codebooks for k, q in self.quantizers.items()})
-        for name, p in (*self.model.splats.items(), *extra.items()):
-            if not bool(torch.isfinite(p).all()):
-                raise _Diverged(f"parameter {name!r} became non-finite at step {step}")
+        named = dict(self.method.named_tensors())
+        for plugin in self.plugins:
+            named.update(plugin.named_tensors())
+        check_finite(named, step, _Diverged)
+
+    def eval_model(self):
+        """The model as evaluation and exports see it."""
+        for plugin in self.plugins:
+            plugin.on_save(self.state)
+        return self.method.eval_model()
 
     # ==========================================================================================
     # state
@@ -834,20 +444,20 @@ class Trainer:
     def save_checkpoint(self, rng: Optional[dict] = None) -> Path:
         """Write ``checkpoints/ckpt_{step}.pt`` (atomically) and drop old ones beyond ``keep_checkpoints``."""
         self._check_finite(self.step)  # never write NaNs over a good checkpoint
-        self._sync_codebooks()
+        for plugin in self.plugins:
+            plugin.on_save(self.state)
         path = self.run.checkpoint_dir / runfiles.checkpoint_name(self.step)
-        state = {
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "aux_optimizers": {k: o.state_dict() for k, o in self.aux_optimizers.items()},
-            "quantizers": {k: _to_cpu(q.state_dict()) for k, q in self.quantizers.items()},
-            "strategy_state": _to_cpu(self.strategy_state),
+        payload = self.method.checkpoint_payload(self.step, self.scene.normalization.to_dict())
+        payload["trainer"] = {
+            **self.method.training_state(),
+            "plugins": {p.name: p.state_dict() for p in self.plugins},
             "rng": rng if rng is not None else self._rng_state(),
-            "regularizers": {r.name: r.state_dict() for r in self.regularizers},
             "elapsed_s": self._elapsed(),
             "config": self.config.to_dict(),
         }
-        self.model.save_checkpoint(path, self.step, normalization=self.scene.normalization.to_dict(),
-                                   extra={"trainer": state})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
         self._last_checkpoint = path
         keep = self.config.keep_checkpoints
         if keep > 0:
@@ -858,32 +468,30 @@ class Trainer:
     # ==========================================================================================
     # evaluation and previews
     # ==========================================================================================
-    @torch.no_grad()
-    def render_view(self, scene: Scene, index: int, model: Optional[GaussianModel] = None) -> np.ndarray:
-        """Render view ``index`` of ``scene`` with ``model`` (default: :meth:`eval_model`):
-        float32 [H, W, 3] in [0, 1]."""
-        model = self.eval_model() if model is None else model
-        cams = scene.cameras[index]
-        renders, _, _ = self._render(cams.viewmats(self.device), cams.intrinsics(self.device),
-                                     int(cams.widths[0]), int(cams.heights[0]), model.sh_degree,
-                                     self._eval_background(), model=model)
-        return renders[0, ..., :3].clamp(0, 1).cpu().numpy()
+    def _render_settings(self):
+        from splatkit.methods.scoring import settings_for
 
-    def _eval_target(self, scene: Scene, index: int) -> np.ndarray:
-        img = scene.images[index]
-        if self.config.use_masks and scene.masks is not None:
-            m = scene.masks[index][..., None]
-            bg = self._eval_background()[0].cpu().numpy()
-            img = img * m + bg * (1 - m)
-        return img.astype(np.float32)
+        return settings_for(self.config, device=str(self.device.type))
+
+    @torch.no_grad()
+    def render_view(self, scene: Scene, index: int, model=None) -> np.ndarray:
+        """Render view ``index`` of ``scene`` as evaluation does (default model:
+        :meth:`eval_model`): float32 [H, W, 3] in [0, 1]."""
+        from splatkit.methods.scoring import render_views
+
+        model = self.eval_model() if model is None else model
+        (_, rgb, _, _), = render_views(model, scene.cameras[[index]], self._render_settings())
+        return rgb
 
     def write_preview(self) -> Path:
         """``previews/step_NNNNNN.png``: ground truth | render of the first test (else train) view."""
         from splatkit.data.imageio_utils import write_image
+        from splatkit.methods.scoring import eval_target
 
         scene = self.test_scene if self.test_scene is not None else self.train_scene
+        settings = self._render_settings()
         pred = self.render_view(scene, 0)
-        gt = self._eval_target(scene, 0)
+        gt = eval_target(scene, 0, settings.background, self.config.use_masks)
         path = self.run.preview_dir / f"step_{self.step:06d}.png"
         with atomic_path(path) as tmp:
             png = tmp.with_name(tmp.name + ".png")  # the writer picks the format from the suffix
@@ -895,42 +503,30 @@ class Trainer:
         return path
 
     def evaluate(self) -> dict:
-        """PSNR/SSIM (and masked variants when the scene has masks) on the test views."""
-        from splatkit.eval.metrics import masked_psnr, masked_ssim, psnr, ssim
+        """PSNR/SSIM (and masked variants when the scene has masks) on the test views, through the
+        same path as ``splatkit eval`` (:func:`splatkit.methods.scoring.score_views`)."""
+        from splatkit.methods.scoring import mean_metrics, score_views
 
-        per_view = []
         ts = self.test_scene
         model = self.eval_model()
-        for i in range(0 if ts is None else len(ts)):
-            pred = self.render_view(ts, i, model)
-            gt = self._eval_target(ts, i)
-            row: dict[str, Any] = {"id": ts.ids[i], "name": ts.names[i], "psnr": psnr(pred, gt)}
-            small = min(gt.shape[:2]) < 11
-            row["ssim"] = None if small else ssim(pred, gt)
-            if ts.masks is not None:
-                m = ts.masks[i]
-                # DTU protocol (RegNeRF): scored against the raw image, inside the mask only.
-                try:
-                    row["masked_psnr"] = masked_psnr(pred, ts.images[i], m)
-                    row["masked_ssim"] = None if small else masked_ssim(pred, ts.images[i], m)
-                except SplatkitError:  # an empty mask: the masked metrics are undefined for this view
-                    row["masked_psnr"] = row["masked_ssim"] = None
-            per_view.append(row)
-        mean = {}
-        for key in ("psnr", "ssim", "masked_psnr", "masked_ssim"):
-            vals = [r[key] for r in per_view if r.get(key) is not None]
-            if vals:
-                mean[key] = float(np.mean(vals))
+        settings = self._render_settings()
+        composite = bool(self.config.use_masks and ts is not None and ts.masks is not None)
+        rows: list[dict] = []
+        if ts is not None:
+            rows, _ = score_views(model, ts, range(len(ts)), settings, composite_gt=composite)
+        per_view = [{k: v for k, v in r.items() if k != "position" and not (k.endswith("lpips") and v is None)}
+                    for r in rows]
         return {
             "step": self.step,
-            "num_gaussians": model.num_gaussians,
+            "method": self.config.method,
+            "num_primitives": self.method.num_primitives,
+            **self.method.summary_stats(model),
             "train_views": self.train_ids,
             "test_views": self.test_ids,
-            "mean": mean,
+            "mean": mean_metrics(rows),
             "per_view": per_view,
-            "eval_background": self._eval_background()[0].tolist(),
-            "target": ("ground truth composited on the background outside the mask"
-                       if self.config.use_masks and ts is not None and ts.masks is not None
+            "eval_background": [float(c) for c in settings.background],
+            "target": ("ground truth composited on the background outside the mask" if composite
                        else "ground truth"),
             "train_time_s": round(self.train_seconds if self.train_seconds is not None else self._elapsed(), 3),
             "backend": self.backend,
@@ -965,7 +561,10 @@ class Trainer:
         self._setup()
         self._say(f"run folder: {self.run_path}")
         self._say(f"{len(self.train_ids)} train views ({_fmt_views(self.train_ids)}), {len(self.test_ids)} "
-                  f"test views; {self._init_desc}; {self.model.num_gaussians} Gaussians; device {self.device}")
+                  f"test views; {self._init_desc}; method {cfg.method}, {self.method.num_primitives} "
+                  f"primitives; device {self.device}")
+        self._say(f"schedule: {cfg.steps} steps (preset {cfg.preset or 'none'}"
+                  + (f", strategy {cfg.strategy}" if cfg.densify else ", no densification") + ")")
         self._t0 = time.time()
         self._session_start_step = self.step
         previous_handler = self._install_sigint()
@@ -974,7 +573,7 @@ class Trainer:
             with progress:
                 task = progress.add_task("training", total=cfg.steps, completed=self.step,
                                          loss=float("nan"), psnr=float("nan"),
-                                         gaussians=self.model.num_gaussians, rate=0.0)
+                                         count=self.method.num_primitives, rate=0.0)
                 self._loop(progress, task)
         except KeyboardInterrupt:
             self._on_interrupt()
@@ -1006,9 +605,13 @@ class Trainer:
         return Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]:.4f}  psnr {task.fields[psnr]:.2f}  "
-                       "{task.fields[gaussians]} splats  {task.fields[rate]:.1f} it/s"),
-            TimeElapsedColumn(), TimeRemainingColumn(),
+                       "{task.fields[count]} primitives  {task.fields[rate]:.1f} it/s  ETA"),
+            TimeRemainingColumn(), TextColumn("elapsed"), TimeElapsedColumn(),
             console=console, disable=disable, transient=False)
+
+    def _status_every(self) -> int:
+        """Plain status lines (no progress bar: a log file, a pipe) about every 5% of the run."""
+        return max(self.config.log_every, self.config.steps // 20, 1)
 
     def _loop(self, progress, task) -> None:
         cfg = self.config
@@ -1018,7 +621,7 @@ class Trainer:
                 # What a checkpoint must hold if Ctrl-C lands before this step completes.
                 self._snapshot = self._rng_state_copy()
                 stats = self._train_step(s)
-                self.step = s + 1
+                self.step = self.state.step = s + 1
                 self._snapshot = None
                 for cb in self.callbacks:
                     cb(self, self.step)
@@ -1026,21 +629,24 @@ class Trainer:
                 if self._interrupt_requested:
                     raise KeyboardInterrupt
                 done = self.step
+                for plugin in self.plugins:
+                    if plugin.every and done % plugin.every == 0:
+                        plugin.every_n(done, self.state)
                 rate = (done - self._session_start_step) / max(time.time() - self._t0, 1e-9)
-                progress.update(task, completed=done, loss=stats["loss"], psnr=stats["psnr"],
-                                gaussians=self.model.num_gaussians, rate=rate)
+                count = self.method.num_primitives
+                progress.update(task, completed=done, loss=stats["loss"], psnr=stats["psnr"], count=count, rate=rate)
                 if done % cfg.log_every == 0 or done == cfg.steps:
-                    rec = {"step": done, "loss": stats["loss"], "psnr": stats["psnr"],
-                           "num_gaussians": self.model.num_gaussians, "elapsed_s": round(self._elapsed(), 3)}
+                    rec = {"step": done, "loss": stats["loss"], "psnr": stats["psnr"], "num_primitives": count,
+                           "elapsed_s": round(self._elapsed(), 3)}
+                    rec.update(self.method.train_stats())
                     rec.update({k: v for k, v in stats.items() if k not in rec})
-                    rec["lr_means"] = self.optimizers["means"].param_groups[0]["lr"]
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
+                if progress.disable and (done % self._status_every() == 0 or done == cfg.steps):
+                    self._say(f"step {done}/{cfg.steps}  loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}  "
+                              f"{count} primitives  {rate:.1f} it/s  ETA {_fmt_eta((cfg.steps - done) / max(rate, 1e-9))}")
                 if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done != cfg.steps:
                     self.save_checkpoint()
-                    if progress.disable:
-                        self._say(f"step {done}/{cfg.steps}  loss {stats['loss']:.4f}  psnr {stats['psnr']:.2f}  "
-                                  f"{self.model.num_gaussians} splats  {rate:.1f} it/s")
                 if cfg.preview_every and done % cfg.preview_every == 0 and done != cfg.steps:
                     self.write_preview()
         finally:
@@ -1073,28 +679,13 @@ class Trainer:
               f"{self.run_path})", file=sys.stderr)
 
 
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 def train(config: TrainConfig, **kwargs) -> Path:
     """Train and return the run folder (see :class:`Trainer` for ``kwargs``)."""
     return Trainer(config, **kwargs).train()
-
-
-def train_command(overrides: dict[str, Any], *, preset: Optional[str] = None,
-                  load_config: Optional[Path] = None, resume: bool = False, quiet: bool = False) -> Trainer:
-    """What ``splatkit train`` does once its flags are parsed; returns the finished trainer.
-
-    ``resume`` continues the run folder ``overrides["out"]`` with its own ``config.json`` (unless
-    ``load_config`` names another), overridden by the other flags (e.g. more ``steps``).
-    """
-    from splatkit.train.config import resolve_config
-
-    if resume:
-        out = overrides.get("out")
-        if out is None:
-            raise SplatkitError("--resume needs the run folder to continue (--out RUN)")
-        runfiles.Run.open(out)  # clear errors for a missing or foreign folder
-        if load_config is None:
-            load_config = Path(out) / runfiles.CONFIG_NAME
-    config = resolve_config(overrides, preset=preset, load_config=load_config)
-    trainer = Trainer(config, resume=resume, quiet=quiet)
-    trainer.train()
-    return trainer
