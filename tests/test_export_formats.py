@@ -17,12 +17,12 @@ import torch
 from splatkit.data.scene import Normalization
 from splatkit.errors import SplatkitError
 from splatkit.app import export_run
+from splatkit.render.sh import SH_C0
 from splatkit.export import (DEFAULT_NAMES, check_format, read_ply_compressed, read_splat,
                              read_splats_file, read_spz, write_ply, write_ply_compressed, write_splat, write_splats,
                              write_spz)
 from splatkit.export.spz import rdf_rub_sh_signs
 
-SH_C0 = 0.28209479177387814
 N = 600  # three chunks of the compressed PLY, the last one partial (88)
 DEGREE = 3
 RDF_TO_RUB = np.array([1.0, -1.0, -1.0])

@@ -14,6 +14,7 @@ from typing import Union
 
 from splatkit.errors import SplatkitError
 from splatkit.methods.base import Batch, Method, Plugin, RenderOutputs, TrainState
+from splatkit.utils.registry import load_entry_points, register
 
 __all__ = ["Batch", "Method", "Plugin", "RenderOutputs", "TrainState", "register_method", "method_class",
            "available_methods", "load_checkpoint", "method_of_payload"]
@@ -27,13 +28,7 @@ def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` available as ``--method cls.name``."""
     if not cls.name or not cls.checkpoint_format:
         raise TypeError(f"{cls.__name__} needs a name and a checkpoint_format")
-    if cls.name in _METHODS and _METHODS[cls.name] is not cls:
-        # Re-registering a class of the same qualified name (a reloaded module) replaces it.
-        old = _METHODS[cls.name]
-        if (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-            raise TypeError(f"method name {cls.name!r} is already taken by {old.__name__}")
-    _METHODS[cls.name] = cls
-    return cls
+    return register(_METHODS, cls, "method")
 
 
 def _load_builtin_and_entry_points() -> None:
@@ -43,18 +38,12 @@ def _load_builtin_and_entry_points() -> None:
     if _loaded_entry_points:
         return
     _loaded_entry_points = True
-    from importlib.metadata import entry_points
 
-    for ep in entry_points(group=_ENTRY_POINT_GROUP):
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken third-party package must not break splatkit
-            import warnings
-
-            warnings.warn(f"method entry point {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
-            continue
+    def add(obj) -> None:
         if isinstance(obj, type) and issubclass(obj, Method) and obj.name not in _METHODS:
             register_method(obj)
+
+    load_entry_points(_ENTRY_POINT_GROUP, add)
 
 
 def available_methods() -> list[str]:

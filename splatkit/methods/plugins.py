@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from splatkit.errors import SplatkitError
 from splatkit.methods.base import Plugin
+from splatkit.utils.registry import load_entry_points, register
 from splatkit.utils.typecheck import coerce_dataclass_values
 
 _PLUGINS: dict[str, type[Plugin]] = {}
@@ -31,11 +32,7 @@ _loaded = False
 def register_plugin(cls: type[Plugin]) -> type[Plugin]:
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no name")
-    old = _PLUGINS.get(cls.name)
-    if old is not None and old is not cls and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
-        raise TypeError(f"plugin name {cls.name!r} is already taken by {old.__name__}")
-    _PLUGINS[cls.name] = cls
-    return cls
+    return register(_PLUGINS, cls, "plugin")
 
 
 def _load_plugins() -> None:
@@ -45,17 +42,7 @@ def _load_plugins() -> None:
     _loaded = True
     for mod in _BUILTIN_MODULES:
         importlib.import_module(mod)
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()  # a module whose @register_plugin classes register on import
-        except ModuleNotFoundError as exc:
-            if exc.name and ep.value.split(":")[0].startswith(exc.name):
-                continue  # the entry point's package is gone (an uninstalled editable checkout)
-            raise
-        except Exception as exc:  # a broken third-party plugin must not break training
-            warnings.warn(f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+    load_entry_points(ENTRY_POINT_GROUP)  # modules whose @register_plugin classes register on import
 
 
 def plugin_classes() -> dict[str, type[Plugin]]:

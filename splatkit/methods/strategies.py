@@ -167,68 +167,59 @@ class MCMCStrategy(Strategy):
 
     # -- the CPU path: gsplat's ops with the CUDA-only pieces replaced ------------------------------
     @torch.no_grad()
-    def _new_copies(self, params, sampled: Tensor, binoms: Tensor) -> tuple[Tensor, Tensor]:
-        opacities = torch.sigmoid(params["opacities"])
-        new_o, new_s = relocation_torch(opacities[sampled], torch.exp(params["scales"])[sampled],
-                                        torch.bincount(sampled)[sampled] + 1, binoms)
-        eps = torch.finfo(torch.float32).eps
-        return new_o.clamp(min=self.inner.min_opacity, max=1.0 - eps), new_s
-
-    @torch.no_grad()
     def _relocate(self, params, optimizers, binoms) -> int:
-        from gsplat.strategy.ops import _multinomial_sample, _update_param_with_optimizer
+        """Dead Gaussians (opacity <= min_opacity) become copies of live ones, drawn by opacity."""
+        from gsplat.strategy.ops import _multinomial_sample
 
         opacities = torch.sigmoid(params["opacities"])
         dead = opacities <= self.inner.min_opacity
-        n = int(dead.sum())
-        if n == 0:
-            return 0
-        dead_idx = dead.nonzero(as_tuple=True)[0]
         alive_idx = (~dead).nonzero(as_tuple=True)[0]
-        if len(alive_idx) == 0:
+        n = int(dead.sum())
+        if n == 0 or len(alive_idx) == 0:
             return 0
         sampled = alive_idx[_multinomial_sample(opacities[alive_idx], n, replacement=True)]
-        new_o, new_s = self._new_copies(params, sampled, binoms)
-
-        def param_fn(name: str, p: Tensor) -> Tensor:
-            if name == "opacities":
-                p[sampled] = torch.logit(new_o)
-            elif name == "scales":
-                p[sampled] = torch.log(new_s)
-            p[dead_idx] = p[sampled]
-            return torch.nn.Parameter(p, requires_grad=p.requires_grad)
-
-        def optimizer_fn(key: str, v: Tensor) -> Tensor:
-            v[sampled] = 0
-            return v
-
-        _update_param_with_optimizer(param_fn, optimizer_fn, params, optimizers)
+        self._copy(params, optimizers, sampled, binoms, into=dead.nonzero(as_tuple=True)[0])
         return n
 
     @torch.no_grad()
     def _add(self, params, optimizers, binoms) -> int:
-        from gsplat.strategy.ops import _multinomial_sample, _update_param_with_optimizer
+        """5% more Gaussians (up to cap_max), copies of existing ones drawn by opacity."""
+        from gsplat.strategy.ops import _multinomial_sample
 
         current = len(params["means"])
         n = max(0, min(self.inner.cap_max, int(1.05 * current)) - current)
-        if n == 0:
-            return 0
+        if n > 0:
+            sampled = _multinomial_sample(torch.sigmoid(params["opacities"]), n, replacement=True)
+            self._copy(params, optimizers, sampled, binoms, into=None)
+        return n
+
+    def _copy(self, params, optimizers, sampled: Tensor, binoms: Tensor, into: Optional[Tensor]) -> None:
+        """Split each ``sampled`` Gaussian into itself plus a copy per draw (Eq. 9), the copies
+        written over ``into`` (relocation) or appended (growth); their optimiser state restarts."""
+        from gsplat.strategy.ops import _update_param_with_optimizer
+
         opacities = torch.sigmoid(params["opacities"])
-        sampled = _multinomial_sample(opacities, n, replacement=True)
-        new_o, new_s = self._new_copies(params, sampled, binoms)
+        new_o, new_s = relocation_torch(opacities[sampled], torch.exp(params["scales"])[sampled],
+                                        torch.bincount(sampled)[sampled] + 1, binoms)
+        new_o = new_o.clamp(min=self.inner.min_opacity, max=1.0 - torch.finfo(torch.float32).eps)
 
         def param_fn(name: str, p: Tensor) -> Tensor:
             if name == "opacities":
                 p[sampled] = torch.logit(new_o)
             elif name == "scales":
                 p[sampled] = torch.log(new_s)
-            return torch.nn.Parameter(torch.cat([p, p[sampled]]), requires_grad=p.requires_grad)
+            if into is None:
+                return torch.nn.Parameter(torch.cat([p, p[sampled]]), requires_grad=p.requires_grad)
+            p[into] = p[sampled]
+            return torch.nn.Parameter(p, requires_grad=p.requires_grad)
 
         def optimizer_fn(key: str, v: Tensor) -> Tensor:
-            return torch.cat([v, torch.zeros((len(sampled), *v.shape[1:]), device=v.device, dtype=v.dtype)])
+            if into is None:
+                return torch.cat([v, torch.zeros((len(sampled), *v.shape[1:]), device=v.device, dtype=v.dtype)])
+            v[sampled] = 0
+            return v
 
         _update_param_with_optimizer(param_fn, optimizer_fn, params, optimizers)
-        return n
 
     @torch.no_grad()
     def _inject_noise(self, params, scaler: float) -> None:

@@ -32,7 +32,6 @@ LOG_NAME = "train_log.jsonl"
 SUMMARY_NAME = "train_summary.json"
 METRICS_NAME = "metrics.json"
 PREVIEW_DIR = "previews"
-RENDER_DIR = "renders"
 
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
 
@@ -178,7 +177,3 @@ class Run:
     @property
     def preview_dir(self) -> Path:
         return self.path / PREVIEW_DIR
-
-    @property
-    def render_dir(self) -> Path:
-        return self.path / RENDER_DIR
