@@ -45,11 +45,13 @@ def _train(scene: Path, out: Path, preset: str, seed: int, steps) -> dict:
     return json.loads(summary.read_text())
 
 
-def _stat(vals) -> str:
+def _stat(vals, digits: int = 2) -> str:
     vals = [v for v in vals if v is not None]
     if not vals:
         return "n/a"
-    return f"{np.mean(vals):.2f} ± {np.std(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
 
 
 def main() -> None:
@@ -68,8 +70,8 @@ def main() -> None:
         m = [r["mean"] for r in runs]
         cfg = resolve_config({}, preset=preset)
         rows.append(f"| `{preset}` | {cfg.strategy} | {_stat([r['train_time_s'] / 60 for r in runs])} | "
-                    f"{_stat([r['num_gaussians'] for r in runs]).replace('.00', '')} | "
-                    f"**{_stat([x.get('psnr') for x in m])}** | {_stat([x.get('ssim') for x in m])} | "
+                    f"{_stat([r['num_gaussians'] for r in runs], 0)} | "
+                    f"**{_stat([x.get('psnr') for x in m])}** | {_stat([x.get('ssim') for x in m], 4)} | "
                     f"{_stat([x.get('masked_psnr') for x in m])} |")
         print(rows[-1], flush=True)
     load_note = "machine load unknown" if load_before is None else f"load average {load_before:.1f} at the start"

@@ -259,3 +259,19 @@ def test_no_import_runs_up_the_layers():
                     if LAYERS[target] > LAYERS[own]:
                         bad.append(f"{f.relative_to(root)} imports {name}")
     assert not bad, "\n".join(bad)
+
+
+def test_cli_strategy_flags_and_plain_status_lines_with_an_eta(scene_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(scene_dir), "--steps", "20", "--out", str(out), "--backend", "torch",
+                 "--strategy", "mcmc", "--cap-max", "120", "--set", "init_num_points=100", "sh_degree=0",
+                 "refine_start_iter=2", "refine_every=5", "log_every=10", "preview_every=0"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["strategy"] == "mcmc" and saved["cap_max"] == 120
+    assert json.loads((out / "train_summary.json").read_text())["num_gaussians"] <= 120
+    text = capsys.readouterr().out
+    # No terminal under pytest: plain status lines, each with the rate and an ETA.
+    assert "schedule: 20 steps" in text and "strategy mcmc" in text
+    status = [line for line in text.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in status] == ["10/20", "20/20"]
+    assert all(" it/s  ETA " in line for line in status)
