@@ -34,7 +34,7 @@ ROW_KEYS = ("run", "log2_table", "bound", "output", "steps")
 
 
 def fit(run_dir: Path, log2_table: int, bound: float, output: str, steps: int, lr: float, seed: int) -> dict:
-    from splatkit.eval.metrics import psnr
+    from splatkit.metrics.image import psnr
     from splatkit.models.color_field import ColorField, ColorFieldConfig, sh_colors
     from splatkit.models.hashgrid import HashGridConfig
     from splatkit.methods.scoring import render_views, settings_for

@@ -1,4 +1,4 @@
-"""Tests for splatkit.eval.metrics: exact values on hand-made images, SSIM against scikit-image,
+"""Tests for splatkit.metrics: exact values on hand-made images, SSIM against scikit-image,
 the DTU masked protocol, and both LPIPS paths (unavailable here; a stand-in lpips package for the
 available path)."""
 
@@ -15,10 +15,10 @@ import torch
 from skimage.metrics import structural_similarity  # dev extra, pinned in requirements.lock
 
 from splatkit.errors import SplatkitError
-from splatkit.eval import metrics
-from splatkit.eval import (
+from splatkit.metrics import (
     compute_metrics, lpips, lpips_available, masked_lpips, masked_psnr, masked_ssim, psnr, ssim,
 )
+from splatkit.metrics import image as metrics
 
 def _skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
     # Wang et al.'s setting in skimage (its docstring says so); float64 in, float64 maths.

@@ -121,7 +121,7 @@ def test_odd_frame_sizes_are_padded_for_h264(tmp_path):
 
 # -- eval -----------------------------------------------------------------------------------------
 def test_eval_writes_metrics_json(run_dir, capsys):
-    from splatkit.eval.metrics import lpips_available
+    from splatkit.metrics.image import lpips_available
 
     assert main(["eval", "--run", str(run_dir)]) == 0
     out = capsys.readouterr().out

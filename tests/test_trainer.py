@@ -253,7 +253,7 @@ def test_split_choice(scene_dir):
 
 # -- losses and regularisers ---------------------------------------------------------------------------
 def test_training_ssim_matches_the_metric_away_from_the_border():
-    from splatkit.eval.metrics import ssim
+    from splatkit.metrics.image import ssim
 
     g = torch.Generator().manual_seed(0)
     a = torch.rand(1, 30, 40, 3, generator=g)

@@ -449,7 +449,9 @@ std::vector<at::Tensor> sh_bwd(int64_t degree, const at::Tensor &means, const at
     check(v_colors, "v_colors");
     const int64_t N = means.size(0), C = campos.size(0), K = coeffs.size(-2);
     const bool per_cam = coeffs.dim() == 4;
-    auto v_coeffs = at::zeros(coeffs.sizes(), coeffs.options());
+    // Not zero-filled here: each Gaussian's rows are cleared in the parallel loop below (a
+    // serial fill of [N, 16, 3] cost as much as the loop itself).
+    auto v_coeffs = at::empty(coeffs.sizes(), coeffs.options());
     auto v_means = at::zeros({N, 3}, means.options());
     const float *mp = means.data_ptr<float>(), *cp = campos.data_ptr<float>(), *sh = coeffs.data_ptr<float>(),
                 *col = colors.data_ptr<float>(), *vcol = v_colors.data_ptr<float>();
@@ -459,6 +461,8 @@ std::vector<at::Tensor> sh_bwd(int64_t degree, const at::Tensor &means, const at
 #pragma omp parallel for schedule(dynamic, 2048)
     for (int64_t n = 0; n < N; ++n) {
         double *vc = vcam.data() + static_cast<size_t>(thread_index()) * C * 3;
+        for (int64_t c = 0; c < (per_cam ? C : 1); ++c)
+            std::fill_n(gc + ((per_cam ? c * N : 0) + n) * K * 3, K * 3, 0.f);
         for (int64_t c = 0; c < C; ++c) {
             const int64_t idx = c * N + n;
             float g[3];

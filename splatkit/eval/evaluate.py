@@ -10,7 +10,7 @@ own test scores take. How backgrounds enter the numbers:
   ``psnr`` / ``ssim`` / ``lpips`` compare the render with that target, so a run that trained on a
   white background is scored on a white background.
 * When the scene has masks, ``masked_*`` follow the DTU sparse-view protocol (RegNeRF,
-  :mod:`splatkit.eval.metrics`): ``masked_psnr`` averages the error over object pixels only
+  :mod:`splatkit.metrics`): ``masked_psnr`` averages the error over object pixels only
   (mask == 1) of the *loaded* ground truth, and ``masked_ssim`` / ``masked_lpips`` composite both
   render and loaded ground truth on white outside the mask. They depend on the background only
   through semi-transparent object pixels, so they compare across runs with different backgrounds.

@@ -15,7 +15,8 @@ import torch
 
 from splatkit.errors import SplatkitError
 from splatkit.methods import register_method
-from splatkit.methods.base import Batch, Method, ParamHook, RenderOutputs, lr_scaled_adam, to_cpu, to_device
+from splatkit.methods.base import (Batch, Method, ParamHook, RenderOutputs, load_optimizer_state, lr_scaled_adam,
+                                   to_cpu, to_device)
 from splatkit.methods.strategies import make_strategy
 from splatkit.models.gaussians import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, GaussianModel
 
@@ -90,7 +91,7 @@ class GaussianSplatting(Method):
             saved = state.get(group, {})
             for name, opt in opts.items():
                 if name in saved:  # "mask" is new for checkpoints from before masks
-                    opt.load_state_dict(saved[name])
+                    load_optimizer_state(opt, saved[name])
         if self.strategy is not None and state.get("strategy_state"):
             self.strategy_state = to_device(state["strategy_state"], self.device)
             if "scene_scale" in self.strategy_state:

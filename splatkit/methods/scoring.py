@@ -110,7 +110,7 @@ def view_metrics(rgb: np.ndarray, target: np.ndarray, gt: np.ndarray, mask: Opti
     """One view's metrics. SSIM and LPIPS need images of at least 11x11 pixels and masked metrics a
     non-empty mask; where they are undefined they are ``None``; ``lpips_unavailable`` says why
     LPIPS is missing."""
-    from splatkit.eval.metrics import SSIM_WINDOW, compute_metrics, masked_psnr, psnr
+    from splatkit.metrics.image import SSIM_WINDOW, compute_metrics, masked_psnr, psnr
 
     if min(rgb.shape[:2]) < SSIM_WINDOW:
         m = {"psnr": psnr(rgb, target), "ssim": None, "lpips": None,

@@ -118,10 +118,56 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
+_kernel_threads: Optional[int] = None
+
+
+def set_kernel_threads(n: Optional[int]) -> None:
+    """Run these kernels on ``n`` threads whatever ``torch.set_num_threads`` says; ``None`` (the
+    default): ``$SPLATKIT_CPU_THREADS`` when set, else torch's thread count. Why: on a small
+    machine shared with other work, torch's many small parallel ops stall at their barriers
+    whenever one of their threads is descheduled (a 2-core machine under load: 4-5x slower steps
+    with torch on 2 threads than on 1), while these few large kernels hand out work dynamically."""
+    global _kernel_threads
+    _kernel_threads = None if n is None else max(1, int(n))
+
+
+def kernel_threads() -> int:
+    if _kernel_threads is not None:
+        return _kernel_threads
+    env = os.environ.get("SPLATKIT_CPU_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return torch.get_num_threads()
+
+
+class _Kernels:
+    """The ops, each run on :func:`kernel_threads` threads. With torch's own OpenMP runtime
+    (one libgomp in the process) the kernels' ``omp_set_num_threads`` is also torch's thread
+    count, so a different kernel count is restored to torch's after the call."""
+
+    def __getattr__(self, name):
+        ext = load_extension()
+        op = getattr(ext, name)
+
+        def call(*args):
+            n_torch = torch.get_num_threads()
+            n = kernel_threads()
+            ext.set_num_threads(n)
+            if n == n_torch:
+                return op(*args)
+            try:
+                return op(*args)
+            finally:
+                torch.set_num_threads(n_torch)
+        return call
+
+
+_KERNELS = _Kernels()
+
+
 def _ext():
-    ext = load_extension()
-    ext.set_num_threads(torch.get_num_threads())
-    return ext
+    load_extension()
+    return _KERNELS
 
 
 def _f32(x: Tensor) -> Tensor:

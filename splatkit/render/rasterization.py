@@ -14,6 +14,9 @@ Backends:
 * ``"auto"``: gsplat for CUDA tensors, else cpu, else torch (with a warning) when the C++
   kernels cannot be built (no compiler).
 
+They are entries of a small registry (:mod:`splatkit.render.backends`), so a new backend is one
+``register_backend`` call.
+
 The cpu and torch backends share this function's glue (input checks, colour/depth channels,
 backgrounds, expected depth, ``meta``) and differ in the projection, SH, binning and compositing
 implementations, which compute the same thing.
@@ -21,7 +24,6 @@ implementations, which compute the same thing.
 
 from __future__ import annotations
 
-import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -29,41 +31,11 @@ from torch import Tensor
 
 from splatkit.errors import SplatkitError
 from splatkit.render import torch_impl
+from splatkit.render.backends import get_backend, resolve_backend
 from splatkit.render.sh import MAX_SH_DEGREE, eval_sh
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 RASTERIZE_MODES = ("classic", "antialiased")
-BACKENDS = ("auto", "gsplat", "cpu", "torch")
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend ``rasterization(backend=...)`` would use for tensors on ``device``."""
-    if backend not in BACKENDS:
-        raise SplatkitError(f"unknown rasterizer backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    if backend == "gsplat":
-        if device.type != "cuda" or not torch.cuda.is_available():
-            raise SplatkitError("rasterizer backend 'gsplat' needs a CUDA GPU and CUDA tensors; use 'cpu' or 'auto'")
-        return "gsplat"
-    if backend == "cpu":
-        if device.type != "cpu":
-            raise SplatkitError(f"rasterizer backend 'cpu' needs CPU tensors, got {device.type} tensors")
-        from splatkit.render import cpu_backend
-
-        cpu_backend.load_extension()  # raises SplatkitError with the reason when it cannot build
-        return "cpu"
-    if backend == "torch":
-        return "torch"
-    # auto
-    if device.type == "cuda":
-        return "gsplat"
-    if device.type == "cpu":
-        from splatkit.render import cpu_backend
-
-        reason = cpu_backend.unavailable_reason()
-        if reason is None:
-            return "cpu"
-        warnings.warn(f"splatkit: C++ CPU rasterizer unavailable ({reason}); using the slow PyTorch one")
-    return "torch"
 
 
 def _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
@@ -155,25 +127,17 @@ def rasterization(
     N, C = _check_inputs(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
                          sh_degree, backgrounds, render_mode, rasterize_mode, tile_size)
     use = resolve_backend(backend, means.device)
-
-    if use == "gsplat":
-        import gsplat
-
-        renders, alphas, meta = gsplat.rasterization(
-            means, quats, scales, opacities, colors, viewmats, Ks, width, height,
-            near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
-            sh_degree=sh_degree, packed=False, tile_size=tile_size, backgrounds=backgrounds,
-            render_mode=render_mode, absgrad=absgrad, rasterize_mode=rasterize_mode,
-        )
-        meta["backend"] = "gsplat"
-        return renders, alphas, meta
+    chosen = get_backend(use)
+    if chosen.full is not None:
+        return chosen.full(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                           near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip, eps2d=eps2d,
+                           sh_degree=sh_degree, tile_size=tile_size, backgrounds=backgrounds,
+                           render_mode=render_mode, absgrad=absgrad, rasterize_mode=rasterize_mode)
 
     dtype = means.dtype
     viewmats = viewmats.to(dtype)
     Ks = Ks.to(dtype)
-    impl = torch_impl
-    if use == "cpu":
-        from splatkit.render import cpu_backend as impl
+    impl = chosen.stages()
     proj = impl.project_gaussians(
         means, quats, scales, opacities, viewmats, Ks, width, height,
         eps2d=eps2d, near_plane=near_plane, far_plane=far_plane, radius_clip=radius_clip,
@@ -193,7 +157,7 @@ def rasterization(
             feats = colors if colors.dim() == 3 else colors[None].expand(C, N, colors.shape[-1])
         else:
             campos = torch.linalg.inv(viewmats)[:, :3, 3]  # [C, 3]
-            if use == "cpu" and sh_degree <= 3:
+            if sh_degree <= chosen.max_fused_sh_degree:
                 feats = impl.sh_colors(sh_degree, means, campos, colors)
             else:
                 dirs = means[None, :, :] - campos[:, None, :]  # [C, N, 3]
@@ -212,20 +176,11 @@ def rasterization(
         backgrounds = backgrounds.to(dtype)
 
     tile_width, tile_height = torch_impl.tile_grid(width, height, tile_size)
-    if use == "cpu":
-        from splatkit.render import cpu_backend
-
-        bins = cpu_backend.bin_tiles(means2d, radii, depths, tile_size, tile_width, tile_height)
-        renders, alphas = cpu_backend.rasterize_to_pixels(
-            means2d, conics, feats, opac, width, height, tile_size,
-            bins.isect_offsets, bins.flatten_ids, backgrounds, absgrad=absgrad,
-        )
-    else:
-        bins = torch_impl.bin_tiles(means2d, radii, depths, tile_size, tile_width, tile_height)
-        renders, alphas = torch_impl.rasterize_to_pixels(
-            means2d, conics, feats.contiguous(), opac, width, height, tile_size,
-            bins.isect_offsets, bins.flatten_ids, backgrounds, absgrad=absgrad,
-        )
+    bins = impl.bin_tiles(means2d, radii, depths, tile_size, tile_width, tile_height)
+    renders, alphas = impl.rasterize_to_pixels(
+        means2d, conics, feats.contiguous(), opac, width, height, tile_size,
+        bins.isect_offsets, bins.flatten_ids, backgrounds, absgrad=absgrad,
+    )
 
     if render_mode in ("ED", "RGB+ED"):
         renders = torch.cat(
