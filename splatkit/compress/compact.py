@@ -17,9 +17,7 @@ The colour field itself, its JSON round trip and LR schedule live in
 from __future__ import annotations
 
 import math
-from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 

@@ -18,7 +18,7 @@ Arrays are float64 numpy (sub-pixel geometry checks need the precision); :meth:`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np

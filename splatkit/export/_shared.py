@@ -11,8 +11,6 @@ import numpy as np
 import torch
 
 from splatkit.errors import DataError, SplatkitError
-# The degree-0 real SH constant: colour = 0.5 + SH_C0 * f_dc (Inria 3DGS, every viewer).
-from splatkit.render.sh import SH_C0
 
 PARAM_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from splatkit.errors import DataError, SplatkitError
-from splatkit.export._shared import (SH_C0, FormatExport, logit, read_file_bytes, sigmoid, splat_arrays,
+from splatkit.export._shared import (FormatExport, logit, read_file_bytes, sigmoid, splat_arrays,
                                      to_tensors, unit_quats)
-from splatkit.render.sh import MAX_SH_DEGREE
+from splatkit.render.sh import MAX_SH_DEGREE, SH_C0
 from splatkit.utils.atomic import write_bytes_atomic
 
 SPLAT_DTYPE = np.dtype([("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)),

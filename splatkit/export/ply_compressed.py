@@ -40,8 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from splatkit.errors import DataError
-from splatkit.export._shared import (SH_C0, FormatExport, logit, sh_degree_for_rest, sigmoid, splat_arrays,
+from splatkit.export._shared import (FormatExport, logit, sh_degree_for_rest, sigmoid, splat_arrays,
                                      to_tensors)
+from splatkit.render.sh import SH_C0
 from splatkit.utils.atomic import write_bytes_atomic
 
 CHUNK_SIZE = 256

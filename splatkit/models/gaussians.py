@@ -35,7 +35,6 @@ optimiser/strategy state for resuming. Files are written atomically.
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any, Optional
