@@ -66,11 +66,13 @@ def main() -> None:
 
     load_before = load_average()
     scene = prepare_scene(args.out / "scene")
-    rows = []
+    rows, psnrs, counts = [], [], []
     for k, (label, preset, overrides) in enumerate(RUNS):
         runs = [_train(scene, args.out / f"run{k}" / f"seed{s}", preset, overrides, s, args.steps)
                 for s in range(args.seeds)]
         m = [r["mean"] for r in runs]
+        psnrs.append(float(np.mean([x["psnr"] for x in m])))
+        counts.append(float(np.mean([r["num_gaussians"] for r in runs])))
         cfg = resolve_config(dict(overrides), preset=preset)
         name = f"`{label}`" if not overrides else f"`{preset}`{label[len(preset):]}"
         rows.append(f"| {name} | {cfg.strategy} | {_stat([r['train_time_s'] / 60 for r in runs])} | "
@@ -91,7 +93,14 @@ Training times are wall-clock on a machine shared with nothing else.
 
 | preset | strategy | training (min) | Gaussians | test PSNR (dB) | test SSIM | masked PSNR (dB) |
 |---|---|---:|---:|---:|---:|---:|
-""" + "\n".join(rows) + "\n"
+""" + "\n".join(rows) + f"""
+
+In this short CPU schedule MCMC ends {psnrs[0] - psnrs[1]:.2f} dB below the default strategy with
+{(1 - counts[1] / counts[0]) * 100:.0f}% fewer Gaussians; fewer Gaussians alone explain little of it (on this
+scene at 2000 steps the default strategy loses about 0.7 dB per halving of its count, see the
+compression section). 3DGS-MCMC's published gains are for 30k-step runs, where relocation has time
+to pay off; its regulariser weights and noise scale are those of that schedule, untuned here.
+"""
     print(text)
     if args.write:
         print(f"wrote {write_section(SECTION, text)}")
