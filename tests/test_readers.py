@@ -409,6 +409,58 @@ def test_dtu_idr_count_mismatch(tmp_path):
         load_scene(tmp_path)
 
 
+
+def _crop_idr(root: Path, crop: tuple[int, int]) -> None:
+    """The fixture's IDR cameras (32x24, no camera_mat) with images that are centre crops."""
+    write_idr(root, extras=False)
+    for path in sorted((root / "image").glob("*.png")):
+        write_png(path, np.full((crop[1], crop[0], 3), 90, np.uint8))
+
+
+def test_dtu_idr_refuses_to_guess_the_intrinsics_size_of_crops(tmp_path):
+    # MonoSDF-like: square centre crops of a resized frame; no integer factor fits the principal point.
+    _crop_idr(tmp_path, (12, 12))
+    with pytest.raises(DataError) as info:
+        load_scene(tmp_path)
+    msg = str(info.value)
+    assert "12x12" in msg and "--intrinsics-size WxH" in msg and "--center-crop" in msg and "\n" not in msg
+    # Saying the size alone: a crop is not a resized copy, and that is an error too.
+    with pytest.raises(DataError, match="aspect ratios differ"):
+        load_scene(tmp_path, intrinsics_size="32x24")
+    with pytest.raises(DataError, match="--center-crop needs --intrinsics-size"):
+        load_scene(tmp_path, center_crop=True)
+
+
+def test_dtu_idr_center_crop_moves_the_intrinsics(tmp_path):
+    _crop_idr(tmp_path, (12, 12))
+    scene = load_scene(tmp_path, intrinsics_size="32x24", center_crop=True)
+    # The 32x24 frame resized by max(12/32, 12/24) = 0.5 to 16x12, then its middle 12x12: x - 2.
+    want = IDR_K.copy()
+    want[:2] *= 0.5
+    want[0, 2] -= 2.0
+    assert scene.image_size == (12, 12)
+    np.testing.assert_allclose(scene.cameras.Ks[0], want, atol=1e-9)
+    np.testing.assert_allclose(dtu_idr.crop_intrinsics(IDR_K, (32, 24), (32, 24)), IDR_K)  # no crop: unchanged
+
+
+def test_intrinsics_options_are_for_idr_datasets_only(tmp_path):
+    write_llff(tmp_path, focal_full=60.0)
+    with pytest.raises(DataError, match="for IDR/NeuS cameras.npz datasets"):
+        load_scene(tmp_path, intrinsics_size="32x24")
+    with pytest.raises(DataError, match="WIDTHxHEIGHT"):
+        load_scene(tmp_path, intrinsics_size="32by24")
+
+
+def test_data_info_cli_says_what_to_do_with_crops(tmp_path, capsys):
+    from splatkit.cli.main import main
+
+    _crop_idr(tmp_path, (12, 12))
+    assert main(["data", "info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--intrinsics-size" in err
+    assert main(["data", "info", str(tmp_path), "--intrinsics-size", "32x24", "--center-crop"]) == 0
+    assert "12x12" in capsys.readouterr().out
+
 # -- DTU rectified ----------------------------------------------------------------------------------
 FULL = 50  # the fixture's 32x24 images stand for 1600x1200 ones downsampled 50 times
 RECT_K_FULL = K_of(1500.0, 1490.0, 810.3, 603.1)  # ours, at 1600x1200

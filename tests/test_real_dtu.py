@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from splatkit.data import load_scene
+from splatkit.errors import SplatkitError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SCAN = DATA / "dtu_scan65"
@@ -85,3 +86,26 @@ def test_object_centre_inside_every_mask(scene_and_cams):
         col, row = np.floor(uv[i, 0]).astype(int)
         assert 0 <= col < 400 and 0 <= row < 300, f"view {i}: centre projects outside the image"
         assert scene.masks[i][row, col] > 0.5, f"view {i}: object centre falls outside the mask"
+
+
+def test_centre_crops_of_a_real_scan_need_their_frame_size_and_then_match_it(tmp_path):
+    """MonoSDF's layout on scan 65: square centre crops with the originals' intrinsics, no camera_mat.
+    The reader must refuse to guess, and with --intrinsics-size 1600x1200 --center-crop give the
+    full frame's intrinsics shifted by the crop offset."""
+    import imageio.v3 as iio
+
+    full = load_scene(SCAN)
+    with np.load(SCAN / "cameras_sphere.npz") as z:
+        kept = {k: np.asarray(z[k]) for k in z.files if not k.startswith("camera_mat")}
+    np.savez(tmp_path / "cameras_sphere.npz", **kept)
+    (tmp_path / "image").mkdir()
+    for path in sorted((SCAN / "image").glob("*.png")):
+        iio.imwrite(tmp_path / "image" / path.name, iio.imread(path)[:, 50:350])  # 400x300 -> middle 300x300
+    with pytest.raises(SplatkitError, match="--intrinsics-size"):
+        load_scene(tmp_path)
+    crop = load_scene(tmp_path, intrinsics_size="1600x1200", center_crop=True)
+    want = full.cameras.Ks.copy()
+    want[:, 0, 2] -= 50.0  # 1600x1200 resized x0.25 = 400x300, then the middle 300 columns
+    np.testing.assert_allclose(crop.cameras.Ks, want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(crop.cameras.camtoworlds, full.cameras.camtoworlds, atol=1e-9)
+    np.testing.assert_allclose(crop.images[0], full.images[0][:, 50:350], atol=1e-6)

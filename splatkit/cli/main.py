@@ -54,11 +54,16 @@ class Info:
 
     path: tyro.conf.Positional[Path]
     downscale: int = 1
+    intrinsics_size: Optional[str] = None
+    """IDR/NeuS cameras.npz: the image size WxH its intrinsics describe."""
+    center_crop: tyro.conf.FlagCreatePairsOff[bool] = False
+    """The images are centre crops of the --intrinsics-size frame (MonoSDF's DTU release)."""
 
     def run(self) -> None:
         from splatkit.data import load_scene
 
-        scene = load_scene(self.path, downscale=self.downscale)
+        scene = load_scene(self.path, downscale=self.downscale, intrinsics_size=self.intrinsics_size,
+                           center_crop=self.center_crop)
         w, h = scene.image_size
         print(f"{self.path}: format {scene.source_format}, {len(scene)} views, {w}x{h}")
         print(f"  masks: {'yes' if scene.masks is not None else 'no'}, depth: "
@@ -96,6 +101,10 @@ class Train:
     """Dataset folder (not needed with --resume or --load-config)."""
     downscale: Optional[int] = None
     """Integer image downscale factor."""
+    intrinsics_size: Optional[str] = None
+    """IDR/NeuS cameras.npz without camera_mat: the image size WxH its intrinsics describe."""
+    center_crop: tyro.conf.FlagCreatePairsOff[bool] = False
+    """The images are centre crops of the --intrinsics-size frame (MonoSDF's DTU release)."""
     preset: Optional[str] = None
     """Preset name in configs/ (default, cpu, fast, sparse, sparse9, compact, mcmc) or a path to a .json file."""
     method: Optional[str] = None
@@ -151,13 +160,15 @@ class Train:
 
         overrides = {k: getattr(self, k) for k in (
             "data", "downscale", "steps", "out", "seed", "device", "backend", "batch_size", "sh_degree",
-            "method", "strategy", "cap_max",
+            "method", "strategy", "cap_max", "intrinsics_size",
             "background", "init", "init_num_points", "mask_weight", "checkpoint_every", "log_every",
             "preview_every", "depth_prior", "depth_prior_kind", "depth_prior_dir") if getattr(self, k) is not None}
         if self.regularizers is not None:
             overrides["regularizers"] = [r for r in self.regularizers.replace(",", " ").split() if r]
         if self.use_masks:
             overrides["use_masks"] = True
+        if self.center_crop:
+            overrides["center_crop"] = True
         for flag, key in (("--train-views", "train_views"), ("--test-views", "test_views")):
             ids = parse_view_ids(getattr(self, key), flag)
             if ids is not None:

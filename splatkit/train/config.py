@@ -53,6 +53,11 @@ class TrainConfig:
     """Dataset folder (any layout ``splatkit data info`` recognises)."""
     downscale: int = 1
     """Integer image downscale factor applied when loading."""
+    intrinsics_size: Optional[str] = None
+    """IDR/NeuS ``cameras.npz`` without ``camera_mat``: the image size ``WxH`` its intrinsics describe
+    (the reader refuses to guess unless the principal point leaves no doubt)."""
+    center_crop: bool = False
+    """The images are centre crops of the ``intrinsics_size`` frame (MonoSDF's DTU release)."""
     train_views: Optional[list[int]] = None
     """Original view ids to train on (default: the dataset's split, else all but every 8th view)."""
     test_views: Optional[list[int]] = None
@@ -259,6 +264,9 @@ class TrainConfig:
         for name in c.plugins:
             plugin_settings(plugin_class(name), c.plugins)  # each plugin validates its own values
         c.depth_prior_dir = None if c.depth_prior_dir is None else Path(c.depth_prior_dir)
+        from splatkit.data.loader import parse_size
+
+        parse_size(c.intrinsics_size)  # a clear error for a malformed size before any data is read
         if c.ssim_lambda > 1:
             raise SplatkitError(f"ssim_lambda must be in [0, 1], got {c.ssim_lambda}")
         if not 0 <= c.sh_degree <= 4:

@@ -132,7 +132,9 @@ class Run:
 
         if self.config.data is None:
             raise SplatkitError("run config has no dataset path", self.path / CONFIG_NAME)
-        return load_scene(self.config.data, downscale=self.config.downscale)
+        cfg = self.config
+        return load_scene(cfg.data, downscale=cfg.downscale, intrinsics_size=cfg.intrinsics_size,
+                          center_crop=cfg.center_crop)
 
     def split(self) -> tuple[list[int], list[int]]:
         p = self.path / SPLIT_NAME

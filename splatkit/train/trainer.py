@@ -178,7 +178,9 @@ class Trainer:
             raise SplatkitError("no dataset given (--data DIR)")
         from splatkit.data import load_scene
 
-        return load_scene(self.config.data, downscale=self.config.downscale)
+        cfg = self.config
+        return load_scene(cfg.data, downscale=cfg.downscale, intrinsics_size=cfg.intrinsics_size,
+                          center_crop=cfg.center_crop)
 
     def _scene_name(self, scene: Scene) -> str:
         for p in (self.config.data, scene.root):
