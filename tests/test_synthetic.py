@@ -71,8 +71,9 @@ def test_folder_has_the_dtu_idr_layout(folder):
     names = set(_files(folder))
     expected = {"cameras_sphere.npz", "meta.json"}
     expected |= {f"image/{i:06d}.png" for i in range(N)} | {f"mask/{i:03d}.png" for i in range(N)}
-    expected |= {f"depth/{i:06d}.npy" for i in range(N)}
+    expected |= {f"depth/{i:06d}.npy" for i in range(N)} | {"depth/kind.txt"}  # declares metric z-depth
     assert names == expected
+    assert (folder / "depth" / "kind.txt").read_text().strip() == "metric"
     with np.load(folder / "cameras_sphere.npz") as z:
         keys = set(z.files)
         assert keys == {f"{k}_{i}" for k in ("world_mat", "scale_mat", "camera_mat") for i in range(N)}

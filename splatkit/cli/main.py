@@ -136,8 +136,9 @@ class Train:
     depth_prior: Optional[str] = None
     """Depth prior for the depth losses: none, files (depth/<image stem>.npy|png|pfm) or a depth model
     (depth-anything-v2-small, dpt-hybrid-midas, a Hugging Face id or a local folder; offline)."""
-    depth_prior_kind: Optional[Literal["depth", "inverse"]] = None
-    """What depth files hold: depth (default) or inverse depth / disparity."""
+    depth_prior_kind: Optional[Literal["metric", "depth", "inverse"]] = None
+    """What depth files hold: metric z-depth, relative depth or relative inverse depth / disparity
+    (default: their folder's kind.txt, else relative depth)."""
     depth_prior_dir: Optional[Path] = None
     """Folder of depth-prior files (default: DATA/depth)."""
     regularizers: Optional[str] = None

@@ -19,6 +19,41 @@ from splatkit.utils.atomic import atomic_path, write_bytes_atomic
 
 DEPTH_SUFFIXES = (".npy", ".png", ".pfm")
 
+# What a folder of depth files holds. Only "metric" maps (z-depth in the scene's units) may bound or
+# place anything; "depth" (relative: larger = farther, unknown scale and shift) and "inverse"
+# (relative disparity, what monocular estimators write) only order pixels.
+DEPTH_KINDS = ("metric", "depth", "inverse")
+# A folder declares its kind in this file (one word); splatkit's own writers do.
+DEPTH_KIND_FILE = "kind.txt"
+
+
+def declared_depth_kind(folder: Path) -> Optional[str]:
+    """The kind a depth folder declares in ``kind.txt``, or None."""
+    path = Path(folder) / DEPTH_KIND_FILE
+    if not path.is_file():
+        return None
+    kind = path.read_text(errors="replace").strip().lower()
+    if kind not in DEPTH_KINDS:
+        raise DataError(f"depth kind must be one of {', '.join(DEPTH_KINDS)}, got {kind!r}", path)
+    return kind
+
+
+def write_depth_kind(folder: Path, kind: str) -> None:
+    if kind not in DEPTH_KINDS:
+        raise ValueError(kind)
+    (Path(folder) / DEPTH_KIND_FILE).write_text(kind + "\n")
+
+
+def resolve_depth_kind(requested: Optional[str], declared: Optional[str]) -> tuple[str, Optional[str]]:
+    """``(kind, note)``: what the user asked for, else what the files declare, else relative depth
+    with a note saying so (monocular estimates, the usual depth files, have no scale)."""
+    if requested is not None:
+        return requested, None
+    if declared is not None:
+        return declared, None
+    return "depth", ("depth files are taken as relative depth (no kind.txt declares them metric): they order "
+                     "pixels but bound nothing; pass --depth-prior-kind metric if they are metric z-depth")
+
 
 def _first_line(exc: Exception) -> str:
     text = str(exc).splitlines()

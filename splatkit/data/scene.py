@@ -84,6 +84,7 @@ class Scene:
     splits: dict[str, list[int]] = field(default_factory=dict)  # split name -> view ids
     source_format: str = "unknown"
     root: Optional[Path] = None
+    depth_kind: Optional[str] = None  # what ``depths`` hold, when their folder declares it (depth_io.DEPTH_KINDS)
 
     def __post_init__(self) -> None:
         n = len(self.cameras)
@@ -135,6 +136,7 @@ class Scene:
             point_colors=self.point_colors,
             normalization=self.normalization,
             splits={k: [v for v in ids if v in keep_ids] for k, ids in self.splits.items()},
+            depth_kind=self.depth_kind,
             source_format=self.source_format,
             root=self.root,
         )

@@ -1114,6 +1114,9 @@ def write_scene_files(scene: SyntheticScene, folder: Path) -> None:
         iio.imwrite(folder / "image" / f"{i:06d}.png", scene.images[i])
         iio.imwrite(folder / "mask" / f"{i:03d}.png", scene.masks[i].astype(np.uint8) * 255)
         np.save(folder / "depth" / f"{i:06d}.npy", scene.depths[i])
+    from splatkit.data.depth_io import write_depth_kind
+
+    write_depth_kind(folder / "depth", "metric")  # ray-traced ground truth, in world units
     (folder / "meta.json").write_text(json.dumps(scene.meta(), indent=2, sort_keys=True) + "\n")
 
 

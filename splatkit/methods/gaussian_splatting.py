@@ -8,6 +8,7 @@ Compact-3DGS's parts are plugins it adds when the config switches them on
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
@@ -39,11 +40,16 @@ class GaussianSplatting(Method):
     def initialize(self, scene, *, scene_scale: float) -> str:
         from splatkit.models.init import initial_points
 
+        from splatkit.data.depth_io import resolve_depth_kind
+
         cfg = self.config
         self.scene_scale = scene_scale
+        kind, note = resolve_depth_kind(cfg.depth_prior_kind, scene.depth_kind)
+        if note is not None and scene.depths is not None and cfg.init != "sfm":
+            warnings.warn(note, stacklevel=2)
         pts, cols, how = initial_points(scene, init=cfg.init, num_points=cfg.init_num_points, seed=cfg.seed,
                                         carve=cfg.use_masks and cfg.init_carve_with_masks, scene_scale=scene_scale,
-                                        depths_are_metric=cfg.depth_prior_kind != "inverse")
+                                        depths_are_metric=kind == "metric")
         self.model = GaussianModel.from_points(torch.from_numpy(np.asarray(pts, dtype=np.float32)),
                                                torch.from_numpy(np.asarray(cols, dtype=np.float32)),
                                                sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,

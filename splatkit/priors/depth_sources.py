@@ -35,7 +35,7 @@ from splatkit.data.depth_io import DEPTH_SUFFIXES, find_depth_file, read_depth_f
 from splatkit.errors import DataError, SplatkitError
 from splatkit.utils.atomic import atomic_path
 
-KINDS = ("depth", "inverse")
+KINDS = ("metric", "depth", "inverse")  # splatkit.data.depth_io.DEPTH_KINDS; metric orders like depth
 
 MODEL_ALIASES = {
     "depth-anything-v2-small": "depth-anything/Depth-Anything-V2-Small-hf",
@@ -96,10 +96,12 @@ def resize_prior(prior: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 # -- files --------------------------------------------------------------------------------------
-def load_prior_files(scene, folder: Optional[str | Path] = None, kind: str = "depth") -> list[np.ndarray]:
+def load_prior_files(scene, folder: Optional[str | Path] = None, kind: Optional[str] = "depth") -> list[np.ndarray]:
     """One prior map per view from ``folder/<view name>.{npy,png,pfm}`` (default ``scene.root/depth``),
-    resized to the view's image size."""
-    _check_kind(kind)
+    resized to the view's image size. ``kind`` None: what the folder's ``kind.txt`` declares, else
+    relative depth."""
+    from splatkit.data.depth_io import declared_depth_kind
+
     if folder is None:
         if scene.root is None:
             raise SplatkitError("the scene has no root folder; give the depth prior folder explicitly")
@@ -107,6 +109,7 @@ def load_prior_files(scene, folder: Optional[str | Path] = None, kind: str = "de
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError("depth prior folder does not exist", folder)
+    kind = _check_kind(kind if kind is not None else (declared_depth_kind(folder) or "depth"))
     paths = [find_depth_file(folder, name) for name in scene.names]
     missing = [name for name, p in zip(scene.names, paths) if p is None]
     if missing:
@@ -362,7 +365,7 @@ class MonocularDepth:
 
 
 # -- one entry point ----------------------------------------------------------------------------
-def depth_priors_for_scene(scene, source: str, *, kind: str = "depth", folder: Optional[str | Path] = None,
+def depth_priors_for_scene(scene, source: str, *, kind: Optional[str] = "depth", folder: Optional[str | Path] = None,
                            device: str = "cpu", cache_dir: Optional[str | Path] = None
                            ) -> Optional[list[np.ndarray]]:
     """Prior maps (larger = farther, NaN = unknown, image size) for every view of ``scene``.

@@ -131,9 +131,11 @@ class TrainConfig:
     """Depth prior for the depth losses: ``none``, ``files`` (``depth/<image stem>.npy|png|pfm``
     beside the images, or ``depth_prior_dir``) or a depth model (alias such as
     ``depth-anything-v2-small``, Hugging Face id or local folder; loaded offline)."""
-    depth_prior_kind: Literal["depth", "inverse"] = "depth"
-    """What depth files hold: ``depth`` (larger = farther, the default) or ``inverse`` (disparity,
-    as monocular estimators write it). Models declare their own kind."""
+    depth_prior_kind: Optional[Literal["metric", "depth", "inverse"]] = None
+    """What depth files hold: ``metric`` z-depth, relative ``depth`` (larger = farther, unknown scale
+    and shift) or relative ``inverse`` depth (disparity, as monocular estimators write it). Default:
+    what the folder's ``kind.txt`` declares, else relative depth (with a note). Only metric depth
+    bounds the initial points; models declare their own kind."""
     depth_prior_dir: Optional[Path] = None
     """Folder of depth-prior files (default: ``depth/`` in the dataset folder)."""
 
@@ -281,9 +283,9 @@ class TrainConfig:
                               ("init", ("auto", "sfm", "random")),
                               ("strategy", ("default", "mcmc")),
                               ("color_field_output", ("sigmoid", "sh0")),
-                              ("depth_prior_kind", ("depth", "inverse"))):
+                              ("depth_prior_kind", (None, "metric", "depth", "inverse"))):
             if getattr(c, name) not in allowed:
-                raise SplatkitError(f"{name} must be one of {', '.join(allowed)}; got {getattr(c, name)!r}")
+                raise SplatkitError(f"{name} must be one of {', '.join(map(str, allowed))}; got {getattr(c, name)!r}")
         c.regularizers = list(dict.fromkeys(c.regularizers))
         return c
 

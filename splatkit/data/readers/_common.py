@@ -338,7 +338,7 @@ def assemble_scene(views: Sequence[ViewSpec], *, downscale: int, root: Path,
     elif masks_from_alpha and all(a is not None for a in alphas):
         mask_list = alphas
 
-    depth_list = None
+    depth_list, depth_kind = None, None
     have = [x is not None for x in depths]
     if any(have):
         if not all(have):
@@ -346,6 +346,9 @@ def assemble_scene(views: Sequence[ViewSpec], *, downscale: int, root: Path,
         # Depths are in the user's units; the normalised world is scaled by norm.scale.
         depth_list = [(x * np.float32(norm.scale)).astype(np.float32) if x is not None
                       else np.zeros(img.shape[:2], np.float32) for x, img in zip(depths, images)]
+        from splatkit.data.depth_io import declared_depth_kind
+
+        depth_kind = declared_depth_kind(Path(next(v.depth_path for v in views if v.depth_path is not None)).parent)
 
     pts = None if points is None else norm.from_original(np.asarray(points, dtype=np.float64).reshape(-1, 3))
     return Scene(
@@ -360,4 +363,5 @@ def assemble_scene(views: Sequence[ViewSpec], *, downscale: int, root: Path,
         normalization=norm,
         splits=dict(splits or {}),
         root=root,
+        depth_kind=depth_kind,
     )
