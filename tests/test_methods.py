@@ -275,3 +275,16 @@ def test_cli_strategy_flags_and_plain_status_lines_with_an_eta(scene_dir, tmp_pa
     status = [line for line in text.splitlines() if line.startswith("step ")]
     assert [line.split()[1] for line in status] == ["10/20", "20/20"]
     assert all(" it/s  ETA " in line for line in status)
+
+
+def test_mcmc_with_learnable_masks_prunes_without_touching_its_constants(scene_dir, tmp_path):
+    # Mask pruning removes Gaussians from every tensor of the strategy state: MCMC keeps its
+    # binomial table out of it.
+    cfg = TrainConfig(data=scene_dir, out=tmp_path / "run", steps=14, seed=2, backend="torch", device="cpu",
+                      init_num_points=150, sh_degree=0, strategy="mcmc", cap_max=200, refine_start_iter=2,
+                      refine_every=4, refine_stop_iter=12, gaussian_masks=True, mask_lr=0.4, mask_lambda=0.05,
+                      mask_min_gaussians=20, checkpoint_every=0, preview_every=0, log_every=1)
+    trainer = Trainer(cfg, quiet=True)
+    trainer.train()
+    assert trainer.method.strategy_state == {} and "mask" in trainer.model.splats
+    assert trainer.summary["num_gaussians"] <= 200

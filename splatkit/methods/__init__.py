@@ -81,7 +81,7 @@ def method_of_payload(payload: dict) -> type[Method]:
 def load_checkpoint(path: Union[str, Path], map_location="cpu", raw: bool = False):
     """``(model, payload)`` from any method's checkpoint file; clear errors for missing, corrupt or
     foreign files. ``raw``: the model as trained (for resuming), else as evaluation sees it."""
-    from splatkit.methods.base import read_payload
+    from splatkit.utils.checkpoint import read_payload
 
     payload = read_payload(path, map_location)
     try:

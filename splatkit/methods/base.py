@@ -17,7 +17,6 @@ from typing import Any, Callable, ClassVar, Optional, Sequence, Union
 import torch
 
 from splatkit.errors import SplatkitError
-from splatkit.utils.checkpoint import read_payload  # noqa: F401  (part of this module's API)
 
 LossTerms = Union[torch.Tensor, dict[str, torch.Tensor]]
 ParamHook = Callable[[int, dict], dict]
@@ -195,7 +194,8 @@ class Plugin:
     """A prior or regulariser. Subclass, set ``name``, override the hooks you need, and register
     with :func:`splatkit.methods.plugins.register_plugin`. Its settings are a dataclass ``Config``
     (a nested config section: ``plugins: {NAME: {...}}`` in JSON, ``--plugin.NAME.KEY VALUE``
-    on the command line); the instance gets it as ``self.settings``.
+    on the command line; numbers declared with :func:`splatkit.methods.plugins.in_range` are
+    range-checked); the instance gets it as ``self.settings``.
 
     Hooks, per step, in the loop's order: :meth:`on_step_start`, :meth:`render_params` (changes
     what the step renders), :meth:`loss`, backward, :meth:`after_backward`, the optimisers and
@@ -263,10 +263,9 @@ class Plugin:
 def lr_scaled_adam(params, lr: float, batch_size: int, name: Optional[str] = None) -> torch.optim.Optimizer:
     """Adam with gsplat simple_trainer's batch scaling: lr x sqrt(B), eps / sqrt(B), betas^B-ish.
     eps 1e-15 is 3DGS's, and Compact-3DGS' for its colour field. ``foreach``: the multi-tensor
-    kernel, bit-identical to the default one and 1.2-2x faster on a CPU. Not ``fused``: 4x faster
-    still (21 -> 5 ms per step at 100k Gaussians, ``scripts/profile_step.py``) but it rounds
-    differently, and over a 2000-step run with densification that moved the demo's test PSNR by
-    0.25 dB for the same seed (results must reproduce)."""
+    kernel, bit-identical to the default one and faster on a CPU. Not ``fused``, faster still
+    (``scripts/profile_step.py --what-if fused-adam``) but rounding differently: over a run with
+    densification that changes the result for the same seed, and results must reproduce."""
     group = {"params": params, "lr": lr * math.sqrt(batch_size)}
     if name is not None:
         group["name"] = name

@@ -138,11 +138,11 @@ class GaussianMaskPlugin(_GaussianPlugin):
         does) and every ``mask_prune_every`` steps once densification has stopped."""
         from gsplat.strategy.ops import remove
 
+        from splatkit.methods.strategies import refines_at
+
         cfg = self.config
         if cfg.densify and step < cfg.refine_stop_iter:
-            # gsplat DefaultStrategy's refinement test, so both prune at the same steps.
-            due = (step > cfg.refine_start_iter and step % cfg.refine_every == 0
-                   and step % cfg.reset_every >= cfg.pause_refine_after_reset)
+            due = refines_at(cfg, step)  # pruned at the densification steps
         else:
             due = step > 0 and step % cfg.mask_prune_every == 0
         if not due:

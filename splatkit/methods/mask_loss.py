@@ -10,7 +10,7 @@ import torch
 
 from splatkit.errors import SplatkitError
 from splatkit.methods.base import Batch, LossTerms, Plugin, RenderOutputs
-from splatkit.methods.plugins import register_plugin
+from splatkit.methods.plugins import in_range, register_plugin
 
 
 @register_plugin
@@ -24,12 +24,8 @@ class MaskLoss(Plugin):
 
     @dataclass
     class Config:
-        weight: float = 0.1
+        weight: float = in_range(0.1)
         kind: Literal["bce", "l1"] = "bce"
-
-        def validate(self) -> None:
-            if not self.weight >= 0:
-                raise SplatkitError(f"plugins.mask.weight must be >= 0, got {self.weight}")
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs) -> LossTerms:
         if batch.masks is None:  # the loop refuses datasets without masks; guard against misuse

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import warnings
 from typing import Any, Optional
 
@@ -82,16 +83,28 @@ def check_plugin_settings(sections: dict[str, Any], source: str = "config") -> d
     return out
 
 
+def in_range(default, lo: float = 0.0, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False):
+    """A plugin setting whose value must lie between ``lo`` and ``hi`` (checked when a config is
+    resolved): ``weight: float = in_range(0.2)`` is a weight >= 0."""
+    return dataclasses.field(default=default, metadata={"range": (lo, hi, lo_open, hi_open)})
+
+
 def plugin_settings(cls: type[Plugin], sections: dict[str, dict]):
-    """The ``Config`` instance of plugin ``cls`` from the config's sections (defaults elsewhere)."""
+    """The ``Config`` instance of plugin ``cls`` from the config's sections (defaults elsewhere),
+    every :func:`in_range` setting checked."""
     values = sections.get(cls.name, {})
     try:
         settings = cls.Config(**values)
     except TypeError as exc:
         raise SplatkitError(f"plugins.{cls.name}: {exc}") from None
-    check = getattr(settings, "validate", None)
-    if check is not None:
-        check()
+    for f in dataclasses.fields(settings):
+        if "range" not in f.metadata:
+            continue
+        lo, hi, lo_open, hi_open = f.metadata["range"]
+        v = getattr(settings, f.name)
+        if not ((lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)):
+            raise SplatkitError(f"plugins.{cls.name}.{f.name} must be in {'(' if lo_open else '['}{lo}, {hi}"
+                                f"{')' if hi_open or hi == math.inf else ']'}, got {v}")
     return settings
 
 
@@ -127,7 +140,3 @@ def build_plugins(config, method_name: Optional[str] = None) -> list[Plugin]:
                                 f"not {method_name!r}")
         out.append(cls(config, plugin_settings(cls, config.plugins)))
     return out
-
-
-def settings_dict(settings) -> dict:
-    return dataclasses.asdict(settings)

@@ -81,11 +81,11 @@ class DefaultStrategy(Strategy):
         if 0 < step < cfg.refine_stop_iter and step % cfg.reset_every == 0:
             reset_opa(params=params, optimizers=optimizers, state=state, value=cfg.prune_opa * 2.0)
 
-    def refines_at(self, step: int) -> bool:
-        """gsplat's refinement test: whether ``step`` (0-based) is a densification step."""
-        cfg = self.config
-        return (cfg.refine_start_iter < step < cfg.refine_stop_iter and step % cfg.refine_every == 0
-                and step % cfg.reset_every >= cfg.pause_refine_after_reset)
+
+def refines_at(config, step: int) -> bool:
+    """gsplat DefaultStrategy's refinement test: whether 0-based ``step`` is a densification step."""
+    return (config.refine_start_iter < step < config.refine_stop_iter and step % config.refine_every == 0
+            and step % config.reset_every >= config.pause_refine_after_reset)
 
 
 # 3DGS-MCMC (gsplat's MCMCStrategy and simple_trainer's MCMC settings): the binomial table covers
@@ -138,18 +138,18 @@ class MCMCStrategy(Strategy):
         self.inner = GsplatMCMC(cap_max=config.cap_max, noise_lr=config.mcmc_noise_lr,
                                 refine_start_iter=config.refine_start_iter, refine_stop_iter=config.refine_stop_iter,
                                 refine_every=config.refine_every, min_opacity=config.mcmc_min_opacity, verbose=False)
-
-    def initialize_state(self, scene_scale: float) -> dict[str, Any]:
-        return {"binoms": binomial_table()}
+        self._binoms = binomial_table()
 
     def check_sanity(self, params, optimizers) -> None:
         self.inner.check_sanity(params, optimizers)
 
     def step_post_backward(self, params, optimizers, state, step, info, lr) -> None:
+        # The binomial table is a constant, not per-Gaussian state: in the state dict gsplat's
+        # remove() (learnable masks' pruning) would index it by Gaussian.
+        binoms = self._binoms.to(params["means"].device)
         if params["means"].is_cuda:
-            self.inner.step_post_backward(params, optimizers, state, step, info, lr=lr)
+            self.inner.step_post_backward(params, optimizers, {"binoms": binoms}, step, info, lr=lr)
             return
-        binoms = state["binoms"]
         s = self.inner
         if s.refine_start_iter < step < s.refine_stop_iter and step % s.refine_every == 0:
             self._relocate(params, optimizers, binoms)

@@ -19,7 +19,7 @@ import torch
 
 from splatkit.errors import SplatkitError
 from splatkit.methods.base import Batch, Plugin, RenderOutputs, TrainState
-from splatkit.methods.plugins import register_plugin
+from splatkit.methods.plugins import in_range, register_plugin
 
 
 # -- the losses as plain functions (tested directly) -------------------------------------------
@@ -141,12 +141,6 @@ def priors_for(context: TrainState) -> list[torch.Tensor]:
     return out
 
 
-def _check_range(name: str, value: float, lo: float, hi: float, lo_open: bool = True) -> None:
-    ok = (lo < value if lo_open else lo <= value) and value <= hi
-    if not ok:
-        raise SplatkitError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}")
-
-
 class _DepthPriorPlugin(Plugin):
     """Common plumbing: the prior maps, a seeded generator and the rendered depth of each view."""
 
@@ -187,19 +181,13 @@ class DepthRanking(_DepthPriorPlugin):
 
     @dataclass
     class Config:
-        weight: float = 0.2
+        weight: float = in_range(0.2)
         """SparseNeRF's DTU setting."""
-        box: float = 1.0
+        box: float = in_range(1.0, 0.0, 1.0, lo_open=True)
         """Side of the random box pairs are drawn in, as a fraction of the image (1.0: whole image, DTU)."""
-        pairs: int = 4096
+        pairs: int = in_range(4096, 1)
         """Pixel pairs per view and step."""
-        margin: float = 1e-4
-
-        def validate(self) -> None:
-            _check_range("plugins.depth_ranking.weight", self.weight, 0, math.inf, lo_open=False)
-            _check_range("plugins.depth_ranking.box", self.box, 0, 1)
-            _check_range("plugins.depth_ranking.pairs", self.pairs, 0, math.inf)
-            _check_range("plugins.depth_ranking.margin", self.margin, 0, math.inf, lo_open=False)
+        margin: float = in_range(1e-4)
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
         cfg = self.settings
@@ -230,21 +218,14 @@ class DepthContinuity(_DepthPriorPlugin):
 
     @dataclass
     class Config:
-        weight: float = 1.0
-        window: int = 3
+        weight: float = in_range(1.0)
+        window: int = in_range(3, 1)
         """Neighbours are drawn from the ±window px square around each anchor ..."""
-        fraction: float = 0.3
+        fraction: float = in_range(0.3, 0.0, 1.0, lo_open=True)
         """... among this fraction of the window closest to the anchor in the prior."""
-        pairs: int = 4096
+        pairs: int = in_range(4096, 1)
         """Anchors per view and step."""
-        margin: float = 1e-4
-
-        def validate(self) -> None:
-            _check_range("plugins.depth_continuity.weight", self.weight, 0, math.inf, lo_open=False)
-            _check_range("plugins.depth_continuity.window", self.window, 0, math.inf)
-            _check_range("plugins.depth_continuity.fraction", self.fraction, 0, 1)
-            _check_range("plugins.depth_continuity.pairs", self.pairs, 0, math.inf)
-            _check_range("plugins.depth_continuity.margin", self.margin, 0, math.inf, lo_open=False)
+        margin: float = in_range(1e-4)
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
         cfg = self.settings
@@ -270,10 +251,7 @@ class DepthPearson(_DepthPriorPlugin):
 
     @dataclass
     class Config:
-        weight: float = 0.05
-
-        def validate(self) -> None:
-            _check_range("plugins.depth_pearson.weight", self.weight, 0, math.inf, lo_open=False)
+        weight: float = in_range(0.05)
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
         terms = [pearson_loss(r.reshape(-1), p.reshape(-1)) for r, p in self.per_view(batch, outputs)]
@@ -289,12 +267,8 @@ class DepthPatchNormalized(_DepthPriorPlugin):
 
     @dataclass
     class Config:
-        weight: float = 0.1
-        size: int = 8
-
-        def validate(self) -> None:
-            _check_range("plugins.depth_patch.weight", self.weight, 0, math.inf, lo_open=False)
-            _check_range("plugins.depth_patch.size", self.size, 0, math.inf)
+        weight: float = in_range(0.1)
+        size: int = in_range(8, 1)
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
         cfg = self.settings
@@ -319,12 +293,8 @@ class GaussianDropout(Plugin):
 
     @dataclass
     class Config:
-        gamma: float = 0.1
+        gamma: float = in_range(0.1, 0.0, 1.0, hi_open=True)
         """The drop rate grows linearly from 0 to this over the run."""
-
-        def validate(self) -> None:
-            if not 0 <= self.gamma < 1:
-                raise SplatkitError(f"plugins.dropout.gamma must be in [0, 1), got {self.gamma}")
 
     def setup(self, context: TrainState) -> None:
         self.generator = torch.Generator().manual_seed(int(context.config.seed) + 104729)

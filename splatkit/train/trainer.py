@@ -30,13 +30,14 @@ import splatkit
 from splatkit.data.scene import Scene
 from splatkit.errors import SplatkitError
 from splatkit.methods import method_class
-from splatkit.methods.base import Batch, Plugin, RenderOutputs, TrainState, check_finite, read_payload
+from splatkit.methods.base import Batch, Plugin, RenderOutputs, TrainState, check_finite
 from splatkit.methods.plugins import build_plugins
 from splatkit.models.init import scene_extent
 from splatkit.train import run as runfiles
 from splatkit.train.config import TrainConfig
 from splatkit.train.losses import photometric_loss
 from splatkit.utils.atomic import atomic_path, write_text_atomic
+from splatkit.utils.checkpoint import read_payload
 
 Callback = Callable[["Trainer", int], None]
 
@@ -485,14 +486,14 @@ class Trainer:
         (_, rgb, _, _), = render_views(model, scene.cameras[[index]], self._render_settings())
         return rgb
 
-    def write_preview(self) -> Path:
+    def write_preview(self, model=None) -> Path:
         """``previews/step_NNNNNN.png``: ground truth | render of the first test (else train) view."""
         from splatkit.data.imageio_utils import write_image
         from splatkit.methods.scoring import eval_target
 
         scene = self.test_scene if self.test_scene is not None else self.train_scene
         settings = self._render_settings()
-        pred = self.render_view(scene, 0)
+        pred = self.render_view(scene, 0, model)
         gt = eval_target(scene, 0, settings.background, self.config.use_masks)
         path = self.run.preview_dir / f"step_{self.step:06d}.png"
         with atomic_path(path) as tmp:
@@ -504,13 +505,13 @@ class Trainer:
                 png.unlink(missing_ok=True)
         return path
 
-    def evaluate(self) -> dict:
+    def evaluate(self, model=None) -> dict:
         """PSNR/SSIM (and masked variants when the scene has masks) on the test views, through the
         same path as ``splatkit eval`` (:func:`splatkit.methods.scoring.score_views`)."""
         from splatkit.methods.scoring import mean_metrics, score_views
 
         ts = self.test_scene
-        model = self.eval_model()
+        model = self.eval_model() if model is None else model
         settings = self._render_settings()
         composite = bool(self.config.use_masks and ts is not None and ts.masks is not None)
         rows: list[dict] = []
@@ -589,8 +590,9 @@ class Trainer:
         self.train_seconds = self._elapsed()
         if self._last_checkpoint is None or runfiles.checkpoint_step(self._last_checkpoint) != self.step:
             self.save_checkpoint()
-        self.write_preview()
-        self.summary = self.evaluate()
+        model = self.eval_model()  # compacted once for the preview and the scores
+        self.write_preview(model)
+        self.summary = self.evaluate(model)
         write_text_atomic(self.run.summary_path, json.dumps(self.summary, indent=2) + "\n")
         mean = self.summary["mean"]
         if mean:
