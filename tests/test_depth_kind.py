@@ -106,3 +106,69 @@ def test_relative_depth_files_do_not_move_the_initial_bounds_of_a_real_scan(tmp_
         how, pts = _init(with_depth)
     how0, pts0 = _init(without)
     assert how == how0 and np.array_equal(pts, pts0)
+
+
+# -- relative depth made metric: a per-view fit to triangulated points --------------------------
+@pytest.mark.parametrize("kind", ["depth", "inverse"])
+def test_fit_recovers_scale_and_shift_despite_outliers(kind):
+    from splatkit.data.depth_align import apply_fit, fit_depth_to_points
+
+    rng = np.random.default_rng(1)
+    H, W = 30, 40
+    z_map = (2.0 + rng.random((H, W))).astype(np.float32)
+    scale, shift = 0.37, 0.8
+    rel = scale * (z_map if kind == "depth" else 1.0 / z_map) + shift
+    rel[0, :5] = 0.0  # unknown pixels
+    xs, ys = rng.uniform(0, W, 200), rng.uniform(0, H, 200)
+    z = z_map[ys.astype(int), xs.astype(int)].astype(np.float64)
+    z[:20] *= rng.uniform(1.5, 3.0, 20)  # wrong matches
+    fit = fit_depth_to_points(rel, kind, np.stack([xs, ys], 1), z)
+    assert fit.scale == pytest.approx(1 / scale, rel=1e-6) and fit.shift == pytest.approx(-shift / scale, rel=1e-6)
+    assert fit.inliers <= 180 and fit.median_rel_error < 1e-6
+    metric = apply_fit(rel, fit)
+    assert (metric[0, :5] == 0).all()
+    np.testing.assert_allclose(metric[1:], z_map[1:], rtol=1e-4)
+    assert fit_depth_to_points(rel, kind, np.stack([xs, ys], 1)[:5], z[:5]) is None  # too few points
+
+
+def test_relative_depth_aligned_to_triangulated_points_bounds_like_metric(tmp_path):
+    """Depth files turned into random-scale-and-shift disparity, aligned per view to points that
+    pycolmap triangulates with the known cameras, bound the initial points as the true metric
+    depth does; the run reports the fit's residual."""
+    import json
+
+    from splatkit.data.synthetic import render_synthetic_scene
+    from splatkit.train import Trainer
+
+    syn = render_synthetic_scene(seed=0, width=160, height=120, n_views=49)
+    views = [22, 23, 24, 25, 26, 27, 28]
+    metric = syn.to_scene().subset(views + [30])
+    metric.depth_kind = "metric"
+    relative = syn.to_scene().subset(views + [30])
+    rng = np.random.default_rng(0)
+    for i, d in enumerate(relative.depths):
+        a, b = rng.uniform(0.5, 3.0), rng.uniform(0.1, 1.0)
+        relative.depths[i] = np.where(d > 0, a / np.where(d > 0, d, 1.0) + b, 0.0).astype(np.float32)
+    relative.depth_kind = "inverse"
+
+    def first_points(scene, out, **kw):
+        cfg = TrainConfig(out=out, steps=1, init="random", init_num_points=2000, sh_degree=0, densify=False,
+                          train_views=list(range(7)), test_views=[7], preview_every=0, checkpoint_every=0,
+                          backend="torch", seed=3, **kw)
+        trainer = Trainer(cfg, scene=scene, quiet=True)
+        trainer._setup()
+        return trainer._init_desc, trainer.method.model.splats["means"].detach().numpy()
+
+    # give the views ids 0..7 so train/test ids are positions
+    for s in (metric, relative):
+        s.ids = list(range(len(s)))
+    how_m, pts_m = first_points(metric, tmp_path / "metric")
+    how_r, pts_r = first_points(relative, tmp_path / "aligned", depth_align="sfm")
+    assert "depth-map bounds" in how_m and "depth-map bounds" in how_r
+    lo_m, hi_m = np.percentile(pts_m, [1, 99], axis=0)
+    lo_r, hi_r = np.percentile(pts_r, [1, 99], axis=0)
+    extent = (hi_m - lo_m).max()
+    assert np.abs(lo_r - lo_m).max() < 0.05 * extent and np.abs(hi_r - hi_m).max() < 0.05 * extent
+    report = json.loads((tmp_path / "aligned" / "depth_alignment.json").read_text())
+    assert report["kind"] == "inverse" and report["aligned_views"] == 7 and report["median_rel_error"] < 0.02
+    assert relative.depth_kind == "inverse"  # the caller's scene is left as it was

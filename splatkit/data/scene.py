@@ -85,6 +85,9 @@ class Scene:
     source_format: str = "unknown"
     root: Optional[Path] = None
     depth_kind: Optional[str] = None  # what ``depths`` hold, when their folder declares it (depth_io.DEPTH_KINDS)
+    # Set when ``depths`` were made metric by fitting them to triangulated points
+    # (splatkit.data.depth_align): the maps are metric whatever kind the files were declared.
+    depth_aligned: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.cameras)
@@ -137,6 +140,7 @@ class Scene:
             normalization=self.normalization,
             splits={k: [v for v in ids if v in keep_ids] for k, ids in self.splits.items()},
             depth_kind=self.depth_kind,
+            depth_aligned=self.depth_aligned,
             source_format=self.source_format,
             root=self.root,
         )

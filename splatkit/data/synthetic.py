@@ -759,6 +759,11 @@ def _background(d):
     return (0.002 + 0.016 * up * up)[:, None] * np.array([1.0, 1.0, 1.05])
 
 
+# Backdrops: "dark" is DTU's (the lit table fading into a dark room); "white" is a capture masked
+# to white (MonoSDF's DTU crops, product photos): the object alone, everything else pure white.
+BACKDROPS = ("dark", "white")
+
+
 @dataclass
 class _Hits:
     t_obj: np.ndarray  # inf where the object is not hit
@@ -807,7 +812,7 @@ def _light_terms(world: _World, p, n, on_object):
     return shadow, _ambient_occlusion(world, p, n)
 
 
-def _shade_pixels(world: _World, o, d, hits: _Hits, npx: int) -> np.ndarray:
+def _shade_pixels(world: _World, o, d, hits: _Hits, npx: int, backdrop: str = "dark") -> np.ndarray:
     """Linear RGB radiance of the sub-sample rays ``npx:`` (4 per pixel, after the ``npx`` centre
     rays). Shadows and occlusion are smooth at the pixel scale, so sub-samples that hit the same
     kind of surface as their pixel's centre ray reuse its values (4x less shadow tracing); normals,
@@ -835,7 +840,7 @@ def _shade_pixels(world: _World, o, d, hits: _Hits, npx: int) -> np.ndarray:
     own = sub[~same]
     shadow[hit[own]], ao[hit[own]] = _light_terms(world, p[own], n[own], on_object[own])
 
-    out = _background(d[npx:])
+    out = _background(d[npx:]) if backdrop == "dark" else np.ones((len(d) - npx, 3))
     hs = hit[sub]  # sub-sample rays that hit something
     ps, ns, objs = p[sub], n[sub], on_object[sub]
     albedo = np.empty_like(ps)
@@ -964,6 +969,7 @@ class SyntheticScene:
     light_dir: np.ndarray  # [3] unit vector towards the light (world)
     ground_height: float  # world z of the table
     _world: _World
+    backdrop: str = "dark"  # one of BACKDROPS
 
     def __len__(self) -> int:
         return len(self.cameras)
@@ -1021,6 +1027,7 @@ class SyntheticScene:
             "world_radius": float(self.radius),
             "ground_height": float(self.ground_height),
             "up": [0.0, 0.0, 1.0],
+            "backdrop": self.backdrop,
             "depth": "float32 z-depth along the camera axis in world units; 0 where the ray hits nothing",
             "mask": "255 where the ray through the pixel centre hits the object (table excluded)",
         }
@@ -1044,7 +1051,9 @@ class SyntheticScene:
         )
 
 
-def _check_args(seed: int, width: int, height: int, n_views: int) -> None:
+def _check_args(seed: int, width: int, height: int, n_views: int, backdrop: str = "dark") -> None:
+    if backdrop not in BACKDROPS:
+        raise DataError(f"backdrop must be one of {', '.join(BACKDROPS)}, got {backdrop!r}")
     if int(seed) != seed or seed < 0:
         raise DataError(f"seed must be a non-negative integer, got {seed}")
     if width < 8 or height < 8:
@@ -1053,9 +1062,12 @@ def _check_args(seed: int, width: int, height: int, n_views: int) -> None:
         raise DataError(f"need at least one view, got {n_views}")
 
 
-def render_synthetic_scene(seed: int = 0, width: int = 200, height: int = 150, n_views: int = 49) -> SyntheticScene:
-    """Ray-trace the scene for ``seed`` from ``n_views`` DTU-like cameras, in memory."""
-    _check_args(seed, width, height, n_views)
+def render_synthetic_scene(seed: int = 0, width: int = 200, height: int = 150, n_views: int = 49,
+                           backdrop: str = "dark") -> SyntheticScene:
+    """Ray-trace the scene for ``seed`` from ``n_views`` DTU-like cameras, in memory. With
+    ``backdrop="white"`` the table is left out (no hits, no depth) and every ray that misses the
+    object is pure white: the same object and cameras as the dark scene of that seed."""
+    _check_args(seed, width, height, n_views, backdrop)
     world = _build_world(int(seed))
     canon = dtu_like_cameras(n_views, width, height)
     images = np.zeros((n_views, height, width, 3), np.uint8)
@@ -1068,6 +1080,8 @@ def render_synthetic_scene(seed: int = 0, width: int = 200, height: int = 150, n
         o = np.concatenate([r[0] for r in rays])
         d = np.concatenate([r[1] for r in rays])
         hits = _intersect(world, o, d, npx)
+        if backdrop == "white":
+            hits.t_table[:] = np.inf
         # Centre ray: mask and depth.
         t_c = np.minimum(hits.t_obj[:npx], hits.t_table[:npx])
         z_axis = canon.camtoworlds[i, :3, 2]
@@ -1075,7 +1089,7 @@ def render_synthetic_scene(seed: int = 0, width: int = 200, height: int = 150, n
         depths[i] = z.reshape(height, width).astype(np.float32)
         masks[i] = np.isfinite(hits.t_obj[:npx]).reshape(height, width)
         # 2x2 sub-samples: colour, averaged in linear light.
-        radiance = _shade_pixels(world, o, d, hits, npx)
+        radiance = _shade_pixels(world, o, d, hits, npx, backdrop)
         images[i] = _to_srgb8(radiance.reshape(4, height, width, 3).mean(axis=0))
     return SyntheticScene(
         seed=int(seed),
@@ -1089,6 +1103,7 @@ def render_synthetic_scene(seed: int = 0, width: int = 200, height: int = 150, n
         light_dir=world.light_dir.copy(),
         ground_height=float(WORLD_CENTER[2] + WORLD_RADIUS * world.ground_z),
         _world=world,
+        backdrop=backdrop,
     )
 
 
@@ -1121,14 +1136,14 @@ def write_scene_files(scene: SyntheticScene, folder: Path) -> None:
 
 
 def write_synthetic_scene(out: str | Path, seed: int = 0, width: int = 200, height: int = 150,
-                          n_views: int = 49) -> Path:
+                          n_views: int = 49, backdrop: str = "dark") -> Path:
     """Render and write a synthetic DTU-like scene to ``out`` (absent or empty); returns ``out``.
 
     Files go to a temporary sibling folder that is renamed at the end, so an interrupted run never
     leaves a folder that looks like a complete scene.
     """
     out = Path(out)
-    _check_args(seed, width, height, n_views)
+    _check_args(seed, width, height, n_views, backdrop)
 
     def check_target():
         if out.exists() and not out.is_dir():
@@ -1137,7 +1152,7 @@ def write_synthetic_scene(out: str | Path, seed: int = 0, width: int = 200, heig
             raise DataError("output folder is not empty; choose a new folder", out)
 
     check_target()
-    scene = render_synthetic_scene(seed, width, height, n_views)
+    scene = render_synthetic_scene(seed, width, height, n_views, backdrop)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     if tmp.exists():  # left by an earlier crashed run of this same process id

@@ -44,7 +44,8 @@ class GaussianSplatting(Method):
 
         cfg = self.config
         self.scene_scale = scene_scale
-        kind, note = resolve_depth_kind(cfg.depth_prior_kind, scene.depth_kind)
+        # Maps fitted to triangulated points are metric whatever the files were declared.
+        kind, note = resolve_depth_kind(None if scene.depth_aligned else cfg.depth_prior_kind, scene.depth_kind)
         if note is not None and scene.depths is not None and cfg.init != "sfm":
             warnings.warn(note, stacklevel=2)
         pts, cols, how = initial_points(scene, init=cfg.init, num_points=cfg.init_num_points, seed=cfg.seed,

@@ -26,7 +26,7 @@ from splatkit.utils.typecheck import coerce_dataclass_values
 _PLUGINS: dict[str, type[Plugin]] = {}
 ENTRY_POINT_GROUP = "splatkit.plugins"
 # Plugins of this layer, imported on the first look-up so that they register.
-_BUILTIN_MODULES = ("splatkit.methods.mask_loss",)
+_BUILTIN_MODULES = ("splatkit.methods.mask_loss", "splatkit.methods.backdrop_prune")
 _loaded = False
 
 
@@ -109,12 +109,14 @@ def plugin_settings(cls: type[Plugin], sections: dict[str, dict]):
 
 
 def enabled_plugin_names(config) -> list[str]:
-    """The plugins the config asks for, ``mask`` first when ``use_masks`` is set.
+    """The plugins the config asks for, ``mask`` first when ``use_masks`` is set, and
+    ``backdrop_prune`` when ``prune_backdrop`` is.
 
     Presets choose the losses and ``depth_prior`` the data they use: plugins that need a depth
     prior are left out with a warning when none is given (so a sparse preset still trains where
     no prior exists), and a prior that no plugin uses is reported too."""
-    names = list(dict.fromkeys((["mask"] if config.use_masks else []) + list(config.regularizers)))
+    names = list(dict.fromkeys((["mask"] if config.use_masks else []) + list(config.regularizers)
+                               + (["backdrop_prune"] if getattr(config, "prune_backdrop", None) else [])))
     classes = plugin_classes()
     unknown = [n for n in names if n not in classes]
     if unknown:

@@ -41,9 +41,14 @@ class RenderSettings:
 
 
 def background_for(config) -> np.ndarray:
-    """The fixed background colour renders and evaluation use for a run: the ``black`` / ``white``
-    it trained with; black for ``random`` (as gsplat evaluates: the run learned to leave the
-    background transparent, so any fixed colour is consistent with it)."""
+    """The fixed background colour a run trains, renders and is evaluated with: its
+    ``background_color`` (what ``auto`` resolved to, or a given colour), else the ``black`` /
+    ``white`` it names; black for ``random`` (as gsplat evaluates: the run learned to leave the
+    background transparent, so any fixed colour is consistent with it) and for an unresolved
+    ``auto``."""
+    color = getattr(config, "background_color", None)
+    if color is not None:
+        return np.asarray(color, dtype=np.float32).reshape(3)
     return np.full(3, 1.0 if config.background == "white" else 0.0, dtype=np.float32)
 
 
@@ -62,7 +67,7 @@ def settings_for(config, batch_size: int = DEFAULT_BATCH, device: Optional[str] 
                           near_plane=config.near_plane, far_plane=config.far_plane, batch_size=int(batch_size))
 
 
-def _batches(cameras, batch_size: int) -> Iterator[list[int]]:
+def view_batches(cameras, batch_size: int) -> Iterator[list[int]]:
     """Consecutive view indices in groups of at most ``batch_size`` sharing one image size."""
     group: list[int] = []
     for i in range(len(cameras)):
@@ -83,7 +88,7 @@ def render_views(model, cameras, settings: RenderSettings) -> Iterator[tuple[int
 
     model = model.to(settings.device)
     bg = torch.as_tensor(settings.background, dtype=torch.float32, device=settings.device)
-    for idx in _batches(cameras, settings.batch_size):
+    for idx in view_batches(cameras, settings.batch_size):
         cams = cameras[idx]
         W, H = int(cams.widths[0]), int(cams.heights[0])
         with torch.no_grad():
