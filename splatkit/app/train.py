@@ -26,6 +26,11 @@ def train_command(overrides: dict[str, Any], *, preset: Optional[str] = None,
         runfiles.Run.open(out)  # clear errors for a missing or foreign folder
         if load_config is None:
             load_config = Path(out) / runfiles.CONFIG_NAME
+    if not resume and overrides.get("data") is not None:
+        from splatkit.app.poses import needs_pose_step, pose_step_for_training
+
+        if needs_pose_step(Path(overrides["data"])):  # plain photos: poses by SfM first (cached)
+            overrides = {**overrides, "data": pose_step_for_training(Path(overrides["data"]), quiet=quiet)}
     config = resolve_config(overrides, preset=preset, load_config=load_config)
     trainer = Trainer(config, resume=resume, quiet=quiet)
     trainer.train()

@@ -30,6 +30,13 @@ def detect_format(root: str | Path) -> str:
     for name in READERS:
         if _reader(name).detect(root):
             return name
+    from splatkit.data.sfm.photos import photo_files
+
+    folder, photos = photo_files(root)
+    if len(photos) >= 2:
+        raise DataError(f"{len(photos)} photos without camera poses: 'splatkit data poses --images {folder} --out "
+                        "SCENE' recovers them by structure from motion ('splatkit train --data' on this folder "
+                        "does that first)", root)
     raise DataError(
         "no recognisable dataset here (looked for COLMAP sparse/0, transforms*.json, "
         "cameras.npz/cameras_sphere.npz, Rectified/+Calibration/, poses_bounds.npy)", root)
