@@ -490,8 +490,10 @@ def test_export_run_every_format_to_its_default_name_in_the_user_frame(tmp_path)
     run = make_run(tmp_path, splats)
     want_means = splats["means"].float().double().numpy() / NORM.scale + NORM.center
     # skz: fp16 of the normalised positions over their half-extent (~2.4e-4 of it), then / NORM.scale.
-    tolerance = {"ply": 1e-5, "splat": 1e-5, "ply-compressed": 1e-2, "spz": 0.5 / 4096 + 1e-5, "skz": 2e-3}
-    for fmt in ("ply", "splat", "ply-compressed", "spz", "skz"):
+    # sog: 16 bits of sign(x) log(1 + |x|) per axis, a step of (log range / 65535) (1 + |x|).
+    tolerance = {"ply": 1e-5, "splat": 1e-5, "ply-compressed": 1e-2, "spz": 0.5 / 4096 + 1e-5, "sog": 1e-3,
+                 "skz": 2e-3}
+    for fmt in ("ply", "splat", "ply-compressed", "spz", "sog", "skz"):
         res = export_run(run, fmt)
         assert res.path == run / "export" / DEFAULT_NAMES[fmt] and res.path.is_file()
         assert res.num_written == 300 and res.notes

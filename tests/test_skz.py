@@ -646,3 +646,116 @@ def test_real_decompression_bomb_is_refused_before_decompressing(small_file):
     finally:
         tracemalloc.stop()
     assert peak < MEM_LIMIT
+
+
+# -- q_affine sections (format version 2, `splatkit compress`) ------------------------------------
+QUANT_BITS = {"means": 14, "sh0": 8, "scales": 7, "quats": 8, "shN": 6}
+
+
+def quant_compact(n: int = 40, seed: int = 5) -> CompactSplats:
+    rng = np.random.default_rng(seed)
+    splats: dict = dict(random_splats(n, 2, seed=seed))
+    splats["shN"] = random_rvq(n, 24, 1, 16, rng)  # a one-stage SH codebook, as compress writes
+    return CompactSplats.from_splats(splats, 2, normalization=NORM, bits=QUANT_BITS, meta={"note": "quantised"})
+
+
+@pytest.fixture(scope="module")
+def quant_file() -> bytes:
+    data, _ = skz_to_bytes(quant_compact(), level=3)
+    return data
+
+
+def test_q_affine_round_trip_within_half_a_step_and_rewrites_exactly(quant_file):
+    c = quant_compact()
+    out = skz_from_bytes(quant_file)
+    assert struct.unpack("<H", quant_file[4:6])[0] == skz.QUANT_VERSION
+    assert out.bits == QUANT_BITS
+    order = morton_order(c.means)
+    for name, ref in (("means", c.means[order]), ("sh0", c.sh0[order]), ("scales", c.scales[order]),
+                      ("quats", c.quats[order]), ("shN", c.shN.codebooks)):
+        got = out.shN.codebooks if name == "shN" else getattr(out, name)
+        flat = ref.reshape(-1, ref.shape[-1]).astype(np.float64)
+        half_step = (flat.max(0) - flat.min(0)) / (2 * ((1 << QUANT_BITS[name]) - 1))
+        err = np.abs(got.reshape(flat.shape) - flat)
+        assert (err <= half_step * (1 + 1e-5) + 1e-6).all(), name
+    np.testing.assert_array_equal(out.shN.indices, c.shN.indices[order])
+    # Decoded values are on the grid: written again (the same bits) they decode to the same values.
+    again = skz_from_bytes(skz_to_bytes(out)[0])
+    for name in ("means", "sh0", "scales", "quats", "opacities"):
+        np.testing.assert_array_equal(getattr(again, name), getattr(out, name), err_msg=name)
+    np.testing.assert_array_equal(again.shN.codebooks, out.shN.codebooks)
+    # Without bits nothing changes: version 1, as before q_affine existed.
+    plain, _ = skz_to_bytes(CompactSplats.from_splats(dict(random_splats(5, 1)), 1))
+    assert struct.unpack("<H", plain[4:6])[0] == 1
+
+
+def test_q_affine_fewer_bits_make_smaller_files():
+    c = quant_compact(n=2000)
+    sizes = [len(skz_to_bytes(CompactSplats(**{**c.__dict__, "bits": {k: b for k in QUANT_BITS}}))[0])
+             for b in (16, 10, 6)]
+    assert sizes[0] > sizes[1] > sizes[2]
+
+
+@pytest.mark.parametrize("bits, match", [({"opacities": 8}, "cannot be quantised"), ({"means": 0}, "1..16"),
+                                         ({"means": 17}, "1..16"), ({"scales": 8.0}, "1..16")])
+def test_writer_refuses_bad_bits(bits, match):
+    with pytest.raises(SplatkitError, match=match):
+        CompactSplats.from_splats(dict(random_splats(5, 1)), 1, bits=bits)
+
+
+def test_fuzz_quantised_file_truncations_and_flips(quant_file):
+    rng = np.random.default_rng(77)
+    tracemalloc.start()
+    try:
+        for length in range(0, len(quant_file), 7):
+            with pytest.raises(SplatkitError):
+                skz_from_bytes(quant_file[:length])
+        loaded = 0
+        for _ in range(300):
+            buf = bytearray(quant_file)
+            buf[int(rng.integers(0, len(buf) - 4))] ^= 1 << int(rng.integers(0, 8))
+            model = _load_or_error(with_crc(bytes(buf)))
+            loaded += model is not None
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < MEM_LIMIT
+    assert loaded < 300
+
+
+def test_fuzz_hostile_q_affine_params_with_valid_crc(quant_file):
+    m, blob = split_file(quant_file)
+    assert skz_from_bytes(build_file(m, blob, version=2)).n == 40
+
+    def sec(mm, name):
+        return next(s for s in mm["sections"] if s["name"] == name)
+
+    edits = {
+        "bits 0": lambda mm: sec(mm, "means")["params"].update(bits=0),
+        "bits 17": lambda mm: sec(mm, "means")["params"].update(bits=17),
+        "bits a string": lambda mm: sec(mm, "means")["params"].update(bits="14"),
+        "bits vs dtype": lambda mm: sec(mm, "sh0")["params"].update(bits=12),
+        "min above max": lambda mm: sec(mm, "scales")["params"].update(min=[5.0, 5.0, 5.0], max=[1.0, 1.0, 1.0]),
+        "too few columns": lambda mm: sec(mm, "quats")["params"].update(min=[0.0], max=[1.0]),
+        "huge min": lambda mm: sec(mm, "means")["params"].update(min=[1e300, 0.0, 0.0]),
+        "extra param key": lambda mm: sec(mm, "means")["params"].update(offset=[0, 0, 0]),
+        "no params": lambda mm: sec(mm, "scales").pop("params"),
+        "q_affine opacities": lambda mm: sec(mm, "opacities").update(encoding="q_affine",
+                                                                     params={"bits": 8, "min": [0.0], "max": [1.0]}),
+        "q_affine indices": lambda mm: sec(mm, "shN/indices").update(encoding="q_affine",
+                                                                     params={"bits": 8, "min": [0.0], "max": [1.0]}),
+    }
+    cases = []
+    for label, fn in edits.items():
+        mm = copy.deepcopy(m)
+        fn(mm)
+        cases.append((label, build_file(mm, blob, version=2)))
+    cases.append(("q_affine in a version-1 file", build_file(m, blob, version=1)))
+    # values above the declared bits: 8-bit sh0 stored in a 6-bit section
+    mm = copy.deepcopy(m)
+    sec(mm, "shN/codebooks")["params"]["bits"] = 4  # stored values go up to 63 > 15
+    cases.append(("values above the bits", build_file(mm, blob, version=2)))
+    for label, data in cases:
+        with pytest.raises(SplatkitError) as info:
+            skz_from_bytes(data)
+        assert "checksum" not in str(info.value), label

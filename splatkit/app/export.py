@@ -8,8 +8,8 @@ from typing import Optional
 
 from splatkit.errors import SplatkitError
 from splatkit.export import (DEFAULT_NAMES, FORMAT_SH_DEGREE, SKZ_TABLE_BITS, FormatExport, _write_skz,
-                             check_format, check_output_name, compact_from_model, splats_to_original_frame,
-                             with_baked_sh, write_splats)
+                             check_format, check_output_name, compact_from_model, sog_palette,
+                             splats_to_original_frame, with_baked_sh, write_splats)
 from splatkit.methods.base import payload_normalization
 from splatkit.train.run import Run
 
@@ -41,10 +41,15 @@ def export_run(run_dir, fmt: str = "ply", out: Optional[str | Path] = None, chec
         target = run.path / "export" / DEFAULT_NAMES[fmt]
     if fmt == "skz":
         meta = {"splatkit_version": splatkit.__version__, "step": int(payload.get("step", -1))}
-        return _write_skz(target, compact_from_model(model, normalization, meta, table_bits))
+        # A `splatkit compress` checkpoint holds values on its .skz grids: written on the same grids
+        # they come back exactly (no second quantisation).
+        bits = (payload.get("compression") or {}).get("bits")
+        return _write_skz(target, compact_from_model(model, normalization, meta, table_bits, bits=bits))
     baked, rms = _baked_for_format(model, fmt)
     original = splats_to_original_frame(dict(baked.splats), normalization, baked.sh_degree)
-    res = write_splats(target, fmt, original, baked.sh_degree)
+    # SOG: a model with SH codes (splatkit compress) gives its codebook as the palette (no second clustering).
+    palette = sog_palette(baked, normalization) if fmt == "sog" else None
+    res = write_splats(target, fmt, original, baked.sh_degree, palette=palette)
     if model.color_field is not None:
         res.notes += f"; colour field baked to SH degree {baked.sh_degree} (RMS colour error {rms:.4f})"
         if report_bake:

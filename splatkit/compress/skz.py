@@ -9,7 +9,7 @@ SH degree; the scene's 4x4 normalisation matrix; free JSON metadata.
 File layout (all integers little-endian)::
 
     offset 0   4 bytes   magic b"SKZ1"
-           4   u16       format version (this module writes and reads 1)
+           4   u16       format version: 1, or 2 when a section uses ``q_affine`` (reads both)
            6   u32       M = manifest length in bytes
           10   M bytes   manifest: UTF-8 JSON object (below)
       10 + M   ...       the sections' zstd frames, back to back, in manifest order
@@ -41,6 +41,10 @@ name                       encoding      dtype       decoded as
 ``shN`` [N,K-1,3]          (as scales, D = 3(K-1), flattened coefficient-major, channel-minor)
 ``color_field/<name>``     f16 or        float16 or  ``min + u * (max - min) / levels`` with
                            u8_minmax     uint8       per-tensor ``params = {min, max[, levels]}``
+any of ``means``, ``sh0``, q_affine      uint8 (bits ``min[c] + u * (max[c] - min[c]) / (2**bits - 1)``
+``scales``, ``quats``,     (version 2)   <= 8) or    per column ``c`` of the last axis;
+``shN`` or their                         uint16      ``params = {bits, min: [C], max: [C]}``
+``/codebooks``
 =========================  ============  ==========  ===========================================
 
 Encoding choices and their precision:
@@ -52,6 +56,12 @@ Encoding choices and their precision:
   [-1, 1], where fp16 is finest. Absolute error <= half-extent * 2**-12 per axis (about 2.4e-4 of
   the half-extent), whatever the scene's offset from the origin.
 * Opacity: ``round(255 * sigmoid(logit))``; the decoded sigmoid is within 0.5/255 of the original.
+* ``CompactSplats.bits`` = ``{attribute: bits}`` (1..16) stores those attributes (an R-VQ-coded
+  one: its codebooks) as ``q_affine``: each column of the last axis (a position axis, a
+  quaternion component, an SH coefficient) quantised uniformly between its own min and max, error
+  <= (max - min) / (2 * (2**bits - 1)). Positions then use the same per-axis box as ``f16_affine``
+  does implicitly. Values already on such a grid (decoded from a file) are stored again exactly, so
+  reading and re-writing a file does not quantise twice. ``splatkit compress`` writes these.
 * Plain scales / quats / sh0 / shN, codebooks, MLP weights: IEEE fp16 (relative error <= 2**-11).
 * Colour-field tensors are min/max quantised to ``levels + 1`` values (``levels = 2**bits - 1``,
   ``bits = config["quantize_bits"]``, 8 when absent; error <= (max - min) / (2 * levels)) when
@@ -91,7 +101,11 @@ from splatkit.render.sh import MAX_SH_DEGREE
 from splatkit.utils.atomic import write_bytes_atomic
 
 MAGIC = b"SKZ1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this module reads; it writes 1 unless a section needs q_affine
+QUANT_VERSION = 2  # the first version with q_affine sections
+QUANT_ATTRIBUTES = ("means", "sh0", "scales", "quats", "shN")
+MAX_QUANT_BITS = 16
+MAX_QUANT_COLUMNS = 4096  # q_affine params list one min and one max per column
 DEFAULT_LEVEL = 19
 MAX_MANIFEST_BYTES = 1 << 20  # a manifest is a few KiB; 1 MiB leaves room for generous meta
 # Declared uncompressed bytes, all sections together. 4 GiB is ~36 M Gaussians at SH degree 3
@@ -113,7 +127,8 @@ _CRC = struct.Struct("<I")
 _DTYPES = {"float16": np.dtype("<f2"), "uint8": np.dtype("u1"), "uint16": np.dtype("<u2"),
            "uint32": np.dtype("<u4")}
 _ENCODING_DTYPES = {"f16": {"float16"}, "f16_affine": {"float16"}, "u8_sigmoid": {"uint8"},
-                    "u8_minmax": {"uint8"}, "index": {"uint8", "uint16", "uint32"}}
+                    "u8_minmax": {"uint8"}, "index": {"uint8", "uint16", "uint32"},
+                    "q_affine": {"uint8", "uint16"}}
 _SECTION_KEYS = {"name", "encoding", "dtype", "shape", "raw", "compressed"}
 _MANIFEST_KEYS = {"n", "sh_degree", "normalization", "meta", "color_field_config", "sections"}
 _COLOR_PREFIX = "color_field/"
@@ -163,6 +178,7 @@ class CompactSplats:
     color_field: Optional[dict] = None
     normalization: Optional[np.ndarray] = None
     meta: dict = field(default_factory=dict)
+    bits: dict = field(default_factory=dict)  # attribute -> bits of its q_affine sections (see module doc)
 
     @property
     def n(self) -> int:
@@ -170,13 +186,15 @@ class CompactSplats:
 
     @classmethod
     def from_splats(cls, splats: dict, sh_degree: int, *, color_field: Optional[dict] = None,
-                    normalization: Any = None, meta: Optional[dict] = None) -> "CompactSplats":
+                    normalization: Any = None, meta: Optional[dict] = None,
+                    bits: Optional[dict] = None) -> "CompactSplats":
         """Build from a gsplat-named dict of torch tensors / numpy arrays.
 
         ``scales``, ``quats`` and ``shN`` may be :class:`RVQ` (numpy or torch inside) instead of
         arrays; ``sh0`` may be missing when ``color_field`` is given; ``shN`` may be missing at SH
         degree 0. ``normalization`` is a 4x4 matrix or a
-        :class:`~splatkit.data.scene.Normalization` (its ``matrix`` is stored).
+        :class:`~splatkit.data.scene.Normalization` (its ``matrix`` is stored). ``bits``:
+        ``{attribute: bits}`` stored as ``q_affine`` (module docstring).
         """
         if not isinstance(splats, dict):
             raise SplatkitError("splats must be a dict of named parameters")
@@ -204,7 +222,7 @@ class CompactSplats:
         out = cls(means=means, opacities=_f32(splats["opacities"]), scales=_field(splats["scales"]),
                   quats=_field(splats["quats"]), sh0=None if sh0 is None else _f32(sh0), shN=shN,
                   sh_degree=sh_degree, color_field=cf, normalization=normalization,
-                  meta={} if meta is None else meta)
+                  meta={} if meta is None else meta, bits=dict(bits or {}))
         out.validate()
         return out
 
@@ -251,6 +269,15 @@ class CompactSplats:
             _check_array("normalization", self.normalization, (4, 4))
         if not isinstance(self.meta, dict):
             raise SplatkitError("meta must be a dict")
+        if not isinstance(self.bits, dict):
+            raise SplatkitError("bits must be a dict {attribute: bits}")
+        for name, b in self.bits.items():
+            if name not in QUANT_ATTRIBUTES:
+                raise SplatkitError(f"bits: {name!r} cannot be quantised (choose from {', '.join(QUANT_ATTRIBUTES)})")
+            if not _is_int(b) or not 1 <= b <= MAX_QUANT_BITS:
+                raise SplatkitError(f"bits for {name} must be an integer in 1..{MAX_QUANT_BITS}, got {b!r}")
+        if "sh0" in self.bits and self.sh0 is None:
+            raise SplatkitError("bits for sh0 given but the model has no sh0")
 
 
 def _is_int(v) -> bool:
@@ -399,6 +426,31 @@ def _to_f16(name: str, a: np.ndarray) -> np.ndarray:
     return h
 
 
+def quantize_columns(a: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
+    """``q_affine``: each column of the last axis to ``bits`` between its min and max.
+    Returns (uint8 / uint16 array, params); :func:`dequantize_columns` inverts it."""
+    a64 = np.asarray(a, dtype=np.float64)
+    levels = (1 << bits) - 1
+    cols = a64.shape[-1] if a64.ndim else 1
+    flat = a64.reshape(-1, cols)
+    if flat.shape[0]:
+        lo, hi = flat.min(axis=0), flat.max(axis=0)
+    else:
+        lo, hi = np.zeros(cols), np.zeros(cols)
+    span = hi - lo
+    step = np.where(span > 0, span / levels, 1.0)
+    q = np.clip(np.rint((flat - lo) / step), 0, levels)
+    dtype = np.uint8 if bits <= 8 else np.dtype("<u2")
+    return q.astype(dtype).reshape(a64.shape), {"bits": int(bits), "min": lo.tolist(), "max": hi.tolist()}
+
+
+def dequantize_columns(q: np.ndarray, params: dict) -> np.ndarray:
+    """float64 values of a ``q_affine`` array (``params`` as :func:`quantize_columns` returns)."""
+    levels = (1 << params["bits"]) - 1
+    lo, hi = np.asarray(params["min"], dtype=np.float64), np.asarray(params["max"], dtype=np.float64)
+    return lo + q.astype(np.float64) * ((hi - lo) / levels)
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x.astype(np.float64)))  # no overflow for any finite x
 
@@ -428,20 +480,29 @@ def skz_to_bytes(compact: CompactSplats, level: int = DEFAULT_LEVEL) -> tuple[by
         scale[scale <= 0] = 1.0  # flat axis: every value maps to 0 exactly
     else:
         offset, scale = np.zeros(3), np.ones(3)
-    plan.append(("means", "f16_affine", _to_f16("means", (means - offset) / scale),
-                 {"offset": offset.tolist(), "scale": scale.tolist()}))
+    bits = compact.bits
+    if "means" in bits:
+        plan.append(("means", "q_affine", *quantize_columns(means, bits["means"])))
+    else:
+        plan.append(("means", "f16_affine", _to_f16("means", (means - offset) / scale),
+                     {"offset": offset.tolist(), "scale": scale.tolist()}))
     u8 = np.rint(_sigmoid(compact.opacities[order]) * 255.0).astype(np.uint8)
     plan.append(("opacities", "u8_sigmoid", u8, None))
+    def plain(name: str, label: str, a: np.ndarray) -> tuple:
+        if name in bits:
+            return (label, "q_affine", *quantize_columns(a, bits[name]))
+        return (label, "f16", _to_f16(label.replace("/", " "), a), None)
+
     if compact.sh0 is not None:
-        plan.append(("sh0", "f16", _to_f16("sh0", compact.sh0[order]), None))
+        plan.append(plain("sh0", "sh0", compact.sh0[order]))
     for name in ("scales", "quats", "shN"):
         value = getattr(compact, name)
         if isinstance(value, RVQ):
             k = value.codebooks.shape[1]
-            plan.append((f"{name}/codebooks", "f16", _to_f16(f"{name} codebooks", value.codebooks), None))
+            plan.append(plain(name, f"{name}/codebooks", value.codebooks))
             plan.append((f"{name}/indices", "index", value.indices[order].astype(_DTYPES[_index_dtype(k)]), None))
         else:
-            plan.append((name, "f16", _to_f16(name, value[order]), None))
+            plan.append(plain(name, name, value[order]))
     config = None
     if compact.color_field is not None:
         config = compact.color_field["config"]
@@ -484,7 +545,9 @@ def skz_to_bytes(compact: CompactSplats, level: int = DEFAULT_LEVEL) -> tuple[by
     if len(manifest_bytes) > MAX_MANIFEST_BYTES:
         raise SplatkitError(f"manifest is {len(manifest_bytes)} bytes, over the {MAX_MANIFEST_BYTES}-byte "
                             "limit (meta or colour-field config too large)")
-    body = b"".join([_HEADER.pack(MAGIC, FORMAT_VERSION, len(manifest_bytes)), manifest_bytes, *frames])
+    # Version 1 readers know no q_affine: files without it stay version 1.
+    version = QUANT_VERSION if any(s["encoding"] == "q_affine" for s in sections) else 1
+    body = b"".join([_HEADER.pack(MAGIC, version, len(manifest_bytes)), manifest_bytes, *frames])
     data = body + _CRC.pack(zlib.crc32(body))
     raw_total = sum(s["raw"] for s in sections)
     # Never write what read_skz would refuse.
@@ -570,6 +633,8 @@ def skz_from_bytes(data: bytes, path: Union[str, Path, None] = None) -> CompactS
     m = _parse_manifest(bytes(data[_HEADER.size:sections_start]), fail)
     n, deg, sections = m["n"], m["sh_degree"], m["sections"]
     by_name = _check_layout(sections, n, deg, m["color_field_config"] is not None, fail)
+    if version < QUANT_VERSION and any(s["encoding"] == "q_affine" for s in sections):
+        raise fail(f"q_affine sections need format version {QUANT_VERSION}, the header says {version}")
 
     total_compressed = sum(s["compressed"] for s in sections)
     if sections_start + total_compressed > body_end:
@@ -605,11 +670,12 @@ def skz_from_bytes(data: bytes, path: Union[str, Path, None] = None) -> CompactS
                        "tensors": {k[len(_COLOR_PREFIX):]: v for k, v in arrays.items()
                                    if k.startswith(_COLOR_PREFIX)}}
     norm = m["normalization"]
+    bits = {s["name"].split("/")[0]: s["params"]["bits"] for s in sections if s["encoding"] == "q_affine"}
     compact = CompactSplats(
         means=arrays["means"], opacities=arrays["opacities"], scales=fld("scales"),
         quats=fld("quats"), sh0=arrays.get("sh0"), shN=fld("shN"), sh_degree=deg,
         color_field=color_field, normalization=None if norm is None else np.asarray(norm, dtype=np.float64),
-        meta=m["meta"])
+        meta=m["meta"], bits=bits)
     try:
         compact.validate()
     except SplatkitError as exc:
@@ -697,6 +763,19 @@ def _check_section_entry(i: int, s, fail) -> None:
         if not ok:
             raise fail(f"section {name!r}: params must be {{min, max[, levels]}}: finite numbers with min <= max, "
                        f"levels an integer in 1..{_MAX_LEVELS}")
+    elif s["encoding"] == "q_affine":
+        cols = shape[-1] if shape else 1
+        b = params.get("bits") if isinstance(params, dict) else None
+        ok = (isinstance(params, dict) and set(params) == {"bits", "min", "max"} and _is_int(b)
+              and 1 <= b <= MAX_QUANT_BITS and s["dtype"] == ("uint8" if b <= 8 else "uint16")
+              and len(shape) >= 1 and cols <= MAX_QUANT_COLUMNS
+              and all(isinstance(params[k], list) and len(params[k]) == cols
+                      and all(_is_num(v) and abs(v) <= _F32_MAX for v in params[k]) for k in ("min", "max"))
+              and all(lo <= hi for lo, hi in zip(params["min"], params["max"])))
+        if not ok:
+            raise fail(f"section {name!r}: params must be {{bits: 1..{MAX_QUANT_BITS} (uint8 up to 8, else "
+                       f"uint16), min and max: one finite number per column of the last axis (at most "
+                       f"{MAX_QUANT_COLUMNS}), min <= max}}")
     elif params is not None:
         raise fail(f"section {name!r}: encoding {s['encoding']} takes no params")
 
@@ -709,20 +788,21 @@ def _check_layout(sections: list, n: int, deg: int, has_color: bool, fail) -> di
             raise fail(f"section {s['name']!r} appears twice")
         by_name[s["name"]] = s
 
-    def expect(name: str, encoding: str, shape: list) -> None:
+    def expect(name: str, encoding: str, shape: list, quantizable: bool = False) -> None:
         s = by_name.get(name)
         if s is None:
             raise fail(f"missing section {name!r}")
-        if s["encoding"] != encoding:
-            raise fail(f"section {name!r} has encoding {s['encoding']}, expected {encoding}")
+        if s["encoding"] != encoding and not (quantizable and s["encoding"] == "q_affine"):
+            raise fail(f"section {name!r} has encoding {s['encoding']}, expected {encoding}"
+                       + (" or q_affine" if quantizable else ""))
         if s["shape"] != shape:
             raise fail(f"section {name!r} has shape {_short(s['shape'])}, expected {shape}")
 
     known = {"means", "opacities"}
-    expect("means", "f16_affine", [n, 3])
+    expect("means", "f16_affine", [n, 3], quantizable=True)
     expect("opacities", "u8_sigmoid", [n])
     if "sh0" in by_name:
-        expect("sh0", "f16", [n, 1, 3])
+        expect("sh0", "f16", [n, 1, 3], quantizable=True)
         known.add("sh0")
     elif not has_color:
         raise fail("missing section 'sh0' (and no colour field replaces it)")
@@ -732,15 +812,15 @@ def _check_layout(sections: list, n: int, deg: int, has_color: bool, fail) -> di
         if name in by_name:
             if cb in by_name or ix in by_name:
                 raise fail(f"{name} is stored both plain and as R-VQ")
-            expect(name, "f16", shape)
+            expect(name, "f16", shape, quantizable=True)
             known.add(name)
             continue
         if cb not in by_name or ix not in by_name:
             raise fail(f"missing section {name!r} (or {cb!r} and {ix!r})")
         cshape = by_name[cb]["shape"]
-        if by_name[cb]["encoding"] != "f16" or len(cshape) != 3 or cshape[2] != dim \
+        if by_name[cb]["encoding"] not in ("f16", "q_affine") or len(cshape) != 3 or cshape[2] != dim \
                 or cshape[0] < 1 or not 1 <= cshape[1] <= 1 << 32:
-            raise fail(f"section {cb!r} must be f16 [S>=1, 1<=K<=2^32, {dim}], got {_short(cshape)}")
+            raise fail(f"section {cb!r} must be f16 or q_affine [S>=1, 1<=K<=2^32, {dim}], got {_short(cshape)}")
         expect(ix, "index", [n, cshape[0]])
         known.update((cb, ix))
     for name, s in by_name.items():
@@ -787,6 +867,13 @@ def _decode_section(s: dict, a: np.ndarray, by_name: dict, fail) -> np.ndarray:
             out = out.astype(np.float32)
         elif enc == "u8_sigmoid":
             out = _u8_to_logit(a)
+        elif enc == "q_affine":
+            if a.size and int(a.max()) > (1 << s["params"]["bits"]) - 1:
+                raise fail(f"section {name!r} has values above its {s['params']['bits']}-bit range")
+            out = dequantize_columns(a, s["params"])
+            if out.size and not (np.abs(out) <= _F32_MAX).all():
+                raise fail(f"section {name!r} decodes outside the float32 range")
+            out = out.astype(np.float32)
         elif enc == "u8_minmax":
             lo, hi = s["params"]["min"], s["params"]["max"]
             levels = s["params"].get("levels", _MAX_LEVELS)

@@ -12,21 +12,22 @@ from pathlib import Path
 from typing import Optional
 
 from splatkit.errors import DataError, SplatkitError
-from splatkit.export import dotsplat, ply_compressed, spz
+from splatkit.export import dotsplat, ply_compressed, sog, spz
 from splatkit.export._shared import FormatExport
 from splatkit.export.dotsplat import read_splat, write_splat
 from splatkit.export.ply import PlyExport, export_ply, read_ply, splats_to_original_frame, write_ply
 from splatkit.export.ply_compressed import is_compressed_ply_header, read_ply_compressed, write_ply_compressed
+from splatkit.export.sog import read_sog, sog_palette, write_sog
 from splatkit.export.spz import read_spz, write_spz
 
-SUPPORTED_FORMATS = ("ply", "splat", "ply-compressed", "spz", "skz")
+SUPPORTED_FORMATS = ("ply", "splat", "ply-compressed", "spz", "sog", "skz")
 # Accepted names that a later issue will implement; asking for them is a clear error, not "unknown".
 PLANNED_FORMATS: tuple[str, ...] = ()
 
 # Default file name under RUN/export/ and the suffix an explicit --out must have.
 DEFAULT_NAMES = {"ply": "splats.ply", "splat": "splats.splat", "ply-compressed": "splats.compressed.ply",
-                 "spz": "splats.spz", "skz": "splats.skz"}
-SUFFIXES = {"ply": ".ply", "splat": ".splat", "ply-compressed": ".ply", "spz": ".spz", "skz": ".skz"}
+                 "spz": "splats.spz", "sog": "splats.sog", "skz": "splats.skz"}
+SUFFIXES = {"ply": ".ply", "splat": ".splat", "ply-compressed": ".ply", "spz": ".spz", "sog": ".sog", "skz": ".skz"}
 # Directions a colour field is baked over (bake_to_sh's default count): on the hemisphere the
 # training cameras saw the scene from (GaussianModel.bake_axis), else on the whole sphere.
 BAKE_DIRECTIONS = 128
@@ -37,8 +38,8 @@ FORMAT_SH_DEGREE = {"splat": 0}
 __all__ = ["SUPPORTED_FORMATS", "PLANNED_FORMATS", "DEFAULT_NAMES", "FormatExport", "PlyExport",
            "check_format", "check_output_name", "compact_from_model", "export_ply", "format_notes",
            "model_from_compact", "model_from_splats_file", "read_ply", "read_ply_compressed", "read_splat",
-           "read_splats_file", "read_spz", "splats_to_original_frame", "with_baked_sh", "write_ply",
-           "write_ply_compressed", "write_splat", "write_splats", "write_spz"]
+           "read_sog", "read_splats_file", "read_spz", "sog_palette", "splats_to_original_frame", "with_baked_sh",
+           "write_ply", "write_ply_compressed", "write_sog", "write_splat", "write_splats", "write_spz"]
 
 
 def check_format(fmt: str) -> str:
@@ -60,6 +61,8 @@ def format_notes(fmt: str) -> str:
         return dotsplat.NOTES
     if fmt == "ply-compressed":
         return ply_compressed.NOTES
+    if fmt == "sog":
+        return sog.NOTES
     if fmt == "skz":
         return ("fp16 positions, 8-bit opacities, fp16 (or R-VQ-coded) scales, rotations and SH, zstd; a "
                 "colour field's hash table min/max quantised")
@@ -70,7 +73,7 @@ def check_output_name(fmt: str, target: Path) -> None:
     name = target.name.lower()
     if not name.endswith(SUFFIXES[fmt]):
         label = {"ply": "a PLY", "splat": "a .splat", "ply-compressed": "a compressed PLY", "spz": "an .spz",
-                 "skz": "an .skz"}[fmt]
+                 "sog": "a .sog", "skz": "an .skz"}[fmt]
         hint = " (splats.compressed.ply by convention)" if fmt == "ply-compressed" else ""
         raise SplatkitError(f"{label} export must end in {SUFFIXES[fmt]}{hint}, got {target.name!r}")
     if fmt == "ply" and name.endswith(".compressed.ply"):
@@ -78,9 +81,10 @@ def check_output_name(fmt: str, target: Path) -> None:
         raise SplatkitError(f"{target.name!r} names a compressed PLY; use --format ply-compressed or another name")
 
 
-def write_splats(path: str | Path, fmt: str, splats: dict, sh_degree: int) -> FormatExport:
+def write_splats(path: str | Path, fmt: str, splats: dict, sh_degree: int, palette=None) -> FormatExport:
     """Write gsplat-named parameters (already in the frame wanted) in any supported format
-    (``skz``: plain sections, no normalisation; :func:`export_run` writes R-VQ codes and fields)."""
+    (``skz``: plain sections, no normalisation; :func:`export_run` writes R-VQ codes and fields).
+    ``palette``: ``sog`` only, the SH palette and labels to store (:func:`sog_palette`)."""
     fmt = check_format(fmt)
     path = Path(path)
     if fmt == "ply":
@@ -90,6 +94,8 @@ def write_splats(path: str | Path, fmt: str, splats: dict, sh_degree: int) -> Fo
         from splatkit.compress.skz import CompactSplats
 
         return _write_skz(path, CompactSplats.from_splats(dict(splats), sh_degree))
+    if fmt == "sog":
+        return write_sog(path, splats, sh_degree, palette=palette)
     writer = {"splat": write_splat, "ply-compressed": write_ply_compressed, "spz": write_spz}[fmt]
     return writer(path, splats, sh_degree)
 
@@ -103,6 +109,8 @@ def _write_skz(path: Path, compact) -> FormatExport:
     if coded:
         cb = getattr(compact, coded[0]).codebooks
         notes += f"; R-VQ codes ({cb.shape[0]} x {cb.shape[1]}) for {', '.join(coded)}"
+    if compact.bits:
+        notes += "; stored on per-column grids of " + ", ".join(f"{k} {b} bits" for k, b in compact.bits.items())
     if compact.color_field is not None:
         notes += (f"; a hash-grid colour field instead of SH (hash table at "
                   f"{quantize_bits(compact.color_field)} bits)")
@@ -139,10 +147,12 @@ def with_baked_sh(model, degree: Optional[int] = None, num_dirs: int = BAKE_DIRE
 SKZ_TABLE_BITS = 6
 
 
-def compact_from_model(model, normalization=None, meta: Optional[dict] = None, table_bits: int = SKZ_TABLE_BITS):
+def compact_from_model(model, normalization=None, meta: Optional[dict] = None, table_bits: int = SKZ_TABLE_BITS,
+                       bits: Optional[dict] = None):
     """A :class:`~splatkit.compress.skz.CompactSplats` of a (compacted) model in its own frame:
     R-VQ codes where the model has them (``model.rvq``), its colour field (hash table quantised to
-    ``table_bits``) instead of SH when it has one; ``normalization``: the frame's ``Normalization``."""
+    ``table_bits``) instead of SH when it has one; ``normalization``: the frame's ``Normalization``;
+    ``bits``: ``{attribute: bits}`` stored on ``q_affine`` grids (``splatkit compress``)."""
     import numpy as np
 
     from splatkit.models.color_field import color_field_to_dict
@@ -165,8 +175,9 @@ def compact_from_model(model, normalization=None, meta: Optional[dict] = None, t
         splats.pop("shN", None)
         meta["bake_sh_degree"] = degree
         degree = 0
+    bits = {k: v for k, v in (bits or {}).items() if k not in ("sh0", "shN") or k in splats}
     return CompactSplats.from_splats(splats, degree, color_field=color_field, normalization=normalization,
-                                     meta=meta)
+                                     meta=meta, bits=bits)
 
 
 def model_from_compact(compact):
@@ -205,7 +216,8 @@ def read_splats_file(path: str | Path):
     """Read any supported splat file into ``(splats, sh_degree)`` (gsplat-named float32 tensors),
     in the user's frame.
 
-    Chooses by name and content: ``.splat``, ``.spz``, ``.skz`` (a colour field is baked to SH,
+    Chooses by name and content: ``.splat``, ``.spz``, ``.sog`` (or a SOG's ``meta.json``), ``.skz``
+    (a colour field is baked to SH,
     the normalised frame mapped back with the file's matrix), and ``.ply`` (compressed when its
     header declares a ``chunk`` element, whatever the name, else the Inria 3DGS layout)."""
     path = Path(path)
@@ -216,6 +228,8 @@ def read_splats_file(path: str | Path):
         return read_splat(path)
     if suffix == ".spz":
         return read_spz(path)
+    if suffix == ".sog" or path.name.lower() == "meta.json":
+        return read_sog(path)
     if suffix == ".skz":
         from splatkit.compress.skz import read_skz
 
@@ -226,8 +240,8 @@ def read_splats_file(path: str | Path):
         except OSError as exc:
             raise DataError(f"cannot read PLY file ({exc.strerror or exc})", path)
         return read_ply_compressed(path) if compressed else read_ply(path)
-    raise DataError(f"unknown splat file type {path.suffix!r} (expected .ply, .compressed.ply, .splat, .spz "
-                    "or .skz)", path)
+    raise DataError(f"unknown splat file type {path.suffix!r} (expected .ply, .compressed.ply, .splat, .spz, "
+                    ".sog (or a SOG's meta.json) or .skz)", path)
 
 
 def _skz_in_user_frame(compact):

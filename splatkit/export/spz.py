@@ -23,9 +23,11 @@ then one array per attribute, in this order (all little-endian):
 Version 4 (2026) is a different container: a 32-byte plain header (``numStreams`` and
 ``tocByteOffset`` after the flags), optional extension records up to the table of contents of
 ``numStreams`` x (uint64 compressed size, uint64 size), then each non-empty attribute array above
-as its own zstd frame, in the same order. We read it; we write version 3, which the v3 spec calls
-current and which the readers we checked accept (the spz library and gsply read 1-4; PlayCanvas
-splat-transform reads through the spz library), while version 4 is too new for many viewers.
+as its own zstd frame, in the same order. We read it and write it on request (``version=4``); by
+default we write version 3, which the v3 spec calls current and which every reader we checked
+accepts (the spz library and gsply read 1-4; PlayCanvas splat-transform reads through the spz
+library and now writes version 4 by default), while viewers built on older spz releases read only
+1-3.
 
 Frames: the file holds RUB axes (right, up, back: OpenGL / three.js). The library converts from
 the frame its caller declares (``PackOptions.from``; its README calls PLY data RDF, right, down,
@@ -58,6 +60,7 @@ from splatkit.render.sh import sh_basis
 
 MAGIC = 0x5053474E
 WRITE_VERSION = 3
+ZSTD_LEVEL = 12  # version 4's frames: most of level 19's size at a fraction of its time
 COLOR_SCALE = 0.15
 MAX_SH_DEGREE = 4  # the library reads and writes degree 4 (gsply stops at 3)
 MAX_FRACTIONAL_BITS = 24
@@ -153,8 +156,8 @@ def encode_spz(splats: dict, sh_degree: int, *, version: int = WRITE_VERSION, co
                antialiased: bool = False) -> tuple[bytes, int, int, int]:
     """``(file bytes, Gaussians written, Gaussians dropped, fractional bits)``; ``coordinates`` is the
     frame the splats are given in (``rdf``: converted to the file's RUB, ``rub``: stored as is)."""
-    if version not in (2, 3):
-        raise SplatkitError(f"spz version {version} cannot be written (2 or 3; 3 is current)")
+    if version not in (2, 3, 4):
+        raise SplatkitError(f"spz version {version} cannot be written (2, 3 or 4; 3 is the default)")
     coordinates = _check_coordinates(coordinates)
     a, dropped = splat_arrays(splats, sh_degree, MAX_SH_DEGREE, "spz")
     degree = int(sh_degree)
@@ -168,21 +171,31 @@ def encode_spz(splats: dict, sh_degree: int, *, version: int = WRITE_VERSION, co
     q_xyzw = quats[:, [1, 2, 3, 0]]
     rotations = _pack_smallest_three(q_xyzw) if version >= 3 else _pack_first_three(q_xyzw)
     flags = FLAG_ANTIALIASED if antialiased else 0
-    raw = b"".join([
-        _HEADER.pack(MAGIC, version, n, degree, bits, flags, 0),
-        positions.tobytes(),
-        _to_u8(sigmoid(a["opacities"]) * 255.0).tobytes(),
-        _to_u8(a["sh0"] * (COLOR_SCALE * 255.0) + 127.5).tobytes(),
-        _to_u8((a["scales"] + 10.0) * 16.0).tobytes(),
-        rotations.tobytes(),
-        _quantize_sh(shN).tobytes(),
-    ])
+    arrays = [positions.tobytes(), _to_u8(sigmoid(a["opacities"]) * 255.0).tobytes(),
+              _to_u8(a["sh0"] * (COLOR_SCALE * 255.0) + 127.5).tobytes(), _to_u8((a["scales"] + 10.0) * 16.0).tobytes(),
+              rotations.tobytes(), _quantize_sh(shN).tobytes()]
+    if version == 4:
+        return _ngsp_container(arrays, n, degree, bits, flags), n, dropped, bits
+    raw = b"".join([_HEADER.pack(MAGIC, version, n, degree, bits, flags, 0), *arrays])
     return gzip.compress(raw, compresslevel=6, mtime=0), n, dropped, bits
+
+
+def _ngsp_container(arrays: list[bytes], n: int, degree: int, bits: int, flags: int) -> bytes:
+    """Version 4: the 32-byte header, the table of contents right after it (no extension records),
+    then one zstd frame per non-empty attribute array, in the version-3 order (module docstring)."""
+    import zstandard
+
+    cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True)
+    frames = [(cctx.compress(a), len(a)) for a in arrays if a]
+    header = _HEADER_V4.pack(MAGIC, 4, n, degree, bits, flags, len(frames), _HEADER_V4.size)
+    toc = np.array([[len(f), size] for f, size in frames], dtype="<u8").tobytes()
+    return header + toc + b"".join(f for f, _ in frames)
 
 
 def write_spz(path: str | Path, splats: dict, sh_degree: int, *, version: int = WRITE_VERSION,
               coordinates: str = "rdf", antialiased: bool = False) -> FormatExport:
-    """Write parameters as a gzip ``.spz`` (version 3 by default), atomically; see the module docstring."""
+    """Write parameters as ``.spz`` atomically: gzip version 3 by default, ``version=4`` the NGSP
+    container with zstd frames (what splat-transform now writes by default); see the module docstring."""
     from splatkit.utils.atomic import write_bytes_atomic
 
     data, written, dropped, bits = encode_spz(splats, sh_degree, version=version, coordinates=coordinates,
