@@ -12,7 +12,9 @@ Suites and their protocols (``data/splits/``, :mod:`splatkit.eval.protocols`):
   so the whole pipeline runs here without downloads.
 
 Each (scene, method, seed) is one run folder under ``OUT/runs``; a finished run is reused when the
-benchmark is started again (an interrupted benchmark loses at most the run in progress). Methods
+benchmark is started again (an interrupted benchmark loses at most the runs in progress). Runs go
+to a local process pool (``jobs``: one run at a time on a CPU, one per GPU on CUDA) or, with
+``executor="ray"``, one Ray task each on an existing cluster (``address``) or a local Ray instance. Methods
 are presets (``configs/NAME.json``). Results: ``OUT/results.json`` (every number, per view), and
 ``OUT/results.md`` (mean ± std over seeds of the per-scene means averaged over scenes — the mean
 of the seeds, never the best run — then the per-scene figures), and ``OUT/images/`` side-by-side
@@ -73,6 +75,11 @@ class BenchmarkSpec:
     synthetic_size: tuple[int, int] = SYNTHETIC_SIZE
     device: str = "auto"
     quiet: bool = False
+    jobs: Optional[int] = None  # local executor: runs at once (default: default_jobs(device))
+    executor: str = "local"  # "local" (a process pool) or "ray" (one Ray task per run)
+    address: Optional[str] = None  # Ray: the cluster to join (None: start a local Ray instance)
+    cpus_per_run: float = 1.0  # Ray: CPUs each run's task asks for
+    gpus_per_run: Optional[float] = None  # Ray: GPUs each task asks for (default: 1 when the cluster has GPUs)
 
 
 # -- suites -------------------------------------------------------------------------------------
@@ -345,6 +352,97 @@ def write_side_by_side(spec: BenchmarkSpec, case: BenchCase, method: str, seed: 
     return out
 
 
+# -- executors ------------------------------------------------------------------------------------
+# Each run is its own folder, seeded by its (scene, method, seed): where it trains does not change
+# its numbers, and a finished folder is reused by any executor.
+EXECUTORS = ("local", "ray")
+
+
+def _silent(msg: str) -> None:
+    pass
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _say(quiet: bool):
+    return _silent if quiet else _print  # module functions: they travel to worker processes
+
+
+def default_jobs(device: str = "auto") -> int:
+    """Runs at once on this machine: one per GPU on CUDA, else one (a CPU run already uses every
+    core through torch's threads, so parallel runs only split them)."""
+    import torch
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        return max(1, torch.cuda.device_count())
+    return 1
+
+
+def _run_task(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int) -> dict:
+    return run_one(spec, case, method, seed, _say(spec.quiet))
+
+
+def _init_worker(slots, threads: int) -> None:
+    """A pool worker: its own GPU (one slot each, before torch sees CUDA) and its share of the cores."""
+    import os
+
+    slot = slots.get()
+    if slot is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_tasks(spec: BenchmarkSpec, tasks: Sequence[tuple[BenchCase, str, int]]) -> list[dict]:
+    """Every ``(case, method, seed)`` run's record, in ``tasks`` order, on the spec's executor."""
+    if spec.executor == "ray":
+        return _run_ray(spec, tasks)
+    jobs = min(spec.jobs or default_jobs(spec.device), max(1, len(tasks)))
+    if jobs == 1:
+        return [_run_task(spec, *t) for t in tasks]
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads / CUDA
+    slots = ctx.Queue()
+    gpus = torch.cuda.device_count() if spec.device in ("auto", "cuda") and torch.cuda.is_available() else 0
+    for i in range(jobs):
+        slots.put(i % gpus if gpus else None)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(slots, threads)) as pool:
+        futures = [pool.submit(_run_task, spec, *t) for t in tasks]
+        return [f.result() for f in futures]
+
+
+def _run_ray(spec: BenchmarkSpec, tasks: Sequence[tuple[BenchCase, str, int]]) -> list[dict]:
+    """One Ray task per run on the cluster at ``spec.address`` (a local Ray instance without one).
+    The data and ``OUT`` folders must be at the same paths on every node (a shared file system)."""
+    try:
+        import ray
+    except ImportError:
+        raise SplatkitError("--executor ray needs Ray, an optional extra: pip install 'splatkit[ray]' "
+                            "(or use the local executor, --jobs N)") from None
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=spec.address, include_dashboard=False, log_to_driver=not spec.quiet, logging_level="ERROR")
+    try:
+        gpus = spec.gpus_per_run
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 and spec.device != "cpu" else 0.0
+        task = ray.remote(_run_task).options(num_cpus=spec.cpus_per_run, num_gpus=gpus)
+        return ray.get([task.remote(spec, *t) for t in tasks])
+    finally:
+        if started:
+            ray.shutdown()
+
+
 # -- aggregation --------------------------------------------------------------------------------
 def primary_metrics(records: list[dict]) -> list[str]:
     """Masked metrics when the scenes have masks (DTU protocol), else the plain ones."""
@@ -432,14 +530,22 @@ def run_benchmark(spec: BenchmarkSpec) -> dict:
         raise SplatkitError("no methods (presets) to run")
     for m in spec.methods:
         preset_path(m)  # unknown preset: fail before any training
-    spec.out = Path(spec.out)
-    say = (lambda msg: None) if spec.quiet else (lambda msg: print(msg, flush=True))
+    if spec.executor not in EXECUTORS:
+        raise SplatkitError(f"unknown executor {spec.executor!r} (choose from {', '.join(EXECUTORS)})")
+    if spec.jobs is not None and spec.jobs < 1:
+        raise SplatkitError(f"--jobs must be >= 1, got {spec.jobs}")
+    if spec.executor != "ray" and spec.address is not None:
+        raise SplatkitError("--address names a Ray cluster: it goes with --executor ray")
+    if spec.executor == "ray" and spec.jobs is not None:
+        raise SplatkitError("--jobs sizes the local process pool; Ray runs as many tasks as its resources allow "
+                            "(--cpus-per-run, --gpus-per-run)")
+    if not spec.cpus_per_run > 0 or (spec.gpus_per_run is not None and spec.gpus_per_run < 0):
+        raise SplatkitError("--cpus-per-run must be > 0 and --gpus-per-run >= 0")
+    spec.out = Path(spec.out).resolve()  # workers (other processes, Ray nodes) see the same folder
+    say = _say(spec.quiet)
     cases = suite_cases(spec)
-    records = []
-    for case in cases:
-        for method in spec.methods:
-            for seed in range(spec.seeds):
-                records.append(run_one(spec, case, method, seed, say))
+    tasks = [(case, method, seed) for case in cases for method in spec.methods for seed in range(spec.seeds)]
+    records = run_tasks(spec, tasks)
     if spec.suite == "spare":  # the single archive the challenge takes, per method and seed
         from splatkit.eval import spare
 

@@ -168,12 +168,52 @@ def _without_depths(scene: Scene) -> Scene:
     return s
 
 
+# ``init="triangulated"`` falls back to random points below this many triangulated points: a few
+# dozen points (what a textureless or dark capture leaves) describe too little of the surface to
+# start from, and 3DGS's initial scales (distance to the 3 nearest points) become huge.
+MIN_TRIANGULATED_POINTS = 100
+
+
+def triangulated_points(scene: Scene, seed: int = 0, min_points: Optional[int] = None
+                        ) -> tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
+    """Points matched across ``scene``'s views (SIFT, pycolmap) and triangulated with its known
+    cameras (:func:`splatkit.data.sfm.triangulate_known_poses`), as Binocular3DGS initialises
+    sparse views (from dense matches there): ``(points, colors, description)``, or ``(None, None,
+    why)`` when fewer than ``min_points`` (default :data:`MIN_TRIANGULATED_POINTS`) survive or
+    triangulation fails."""
+    min_points = MIN_TRIANGULATED_POINTS if min_points is None else min_points
+    from splatkit.data.sfm import triangulate_known_poses
+
+    if len(scene) < 2:
+        return None, None, "triangulation needs at least two views"
+    try:
+        tp = triangulate_known_poses(scene, seed=seed)
+    except SplatkitError as exc:
+        return None, None, f"triangulation failed ({exc.message})"
+    if len(tp) < min_points:
+        return None, None, f"only {len(tp)} points triangulated (fewer than {min_points})"
+    pts = np.asarray(tp.xyz, dtype=np.float32)
+    cols = np.asarray(tp.rgb, dtype=np.float32) / 255.0
+    return pts, cols, f"{len(pts)} points triangulated from {len(scene)} views with their known cameras"
+
+
 def initial_points(scene: Scene, *, init: str, num_points: int, seed: int, carve: bool,
                    scene_scale: float, depths_are_metric: bool = True
                    ) -> tuple[np.ndarray, np.ndarray, str]:
     """``(points, colors, description)`` for ``init`` = ``auto`` (SfM points when the scene has
-    them, else random), ``sfm`` or ``random``. Depth maps that are not metric
+    them, else random), ``sfm``, ``random`` or ``triangulated`` (:func:`triangulated_points`; random
+    points, with a warning, when too few survive). Depth maps that are not metric
     (``depths_are_metric=False``: inverse depth) never bound the random points."""
+    if init == "triangulated":
+        pts, cols, how = triangulated_points(scene, seed=seed)
+        if pts is not None:
+            return pts, cols, how
+        import warnings
+
+        warnings.warn(f"init 'triangulated': {how}; starting from random points instead", stacklevel=2)
+        pts, cols, how = initial_points(scene, init="random", num_points=num_points, seed=seed, carve=carve,
+                                        scene_scale=scene_scale, depths_are_metric=depths_are_metric)
+        return pts, cols, how + " (triangulation fell back to random)"
     if init == "sfm" and (scene.points is None or len(scene.points) == 0):
         raise SplatkitError("init 'sfm' needs SfM points; this dataset has none (use --init random)")
     if init == "auto":

@@ -1,0 +1,220 @@
+"""Sparse-view regularisers that need no pretrained network, each one plugin
+(:mod:`splatkit.methods.plugins`, found through the ``splatkit.plugins`` entry point):
+
+* ``opacity_decay`` — Binocular3DGS (Han et al., NeurIPS 2024): every Gaussian's opacity is
+  multiplied by 0.995 after every step from the start of densification on, so Gaussians the
+  photometric loss does not hold up fade below the pruning threshold (floaters in sparse views).
+* ``warp_consistency`` — Binocular3DGS' binocular-guided consistency: each training view's camera
+  is shifted sideways to a virtual "binocular" partner, the partner's render is warped back into
+  the training view through the training view's rendered depth, and the warp must reproduce the
+  training image (an L1 term plus 0.05 x an edge-aware disparity smoothness).
+* ``dark_backdrop`` — DTU's dark room, as DNGaussian (Li et al., CVPR 2024, ``train_dtu.py``) and
+  Binocular3DGS treat it: a pixel is backdrop when its brightest channel is below 30/255 and so
+  are the 49 pixels above it; rendered alpha there is penalised (Binocular3DGS: ``mean(|alpha| *
+  mask)``, weight 1), so the splats leave the backdrop to the (black) background colour.
+
+Constants are those of the authors' code (``hanl2010/Binocular3DGS`` ``train.py``,
+``utils/loss_utils.py``, ``scene/__init__.py``; ``Fictionarry/DNGaussian`` ``train_dtu.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from splatkit.errors import SplatkitError
+from splatkit.methods.base import Batch, Plugin, RenderOutputs, TrainState
+from splatkit.methods.plugins import in_range, register_plugin
+
+# DNGaussian / Binocular3DGS (DTU): backdrop = brightest channel below 30/255 ...
+DARK_THRESHOLD = 30 / 255
+# ... in the pixel and in the 49 pixels above it (``bg_mask[:, i:] *= clone[:, :-i]`` for i < 50).
+DARK_RUN = 50
+# Binocular3DGS: opacity x 0.995 per step (``--opacity_decay_factor``).
+OPACITY_DECAY = 0.995
+# Binocular3DGS: the shifted-camera loss starts at step 20000 of 30000 (``--shift_cam_start``).
+WARP_START_FRACTION = 20_000 / 30_000
+# Binocular3DGS: disparity smoothness weight 0.05 and the image-edge factor 0.33 of ``SmoothLoss``.
+WARP_SMOOTH_WEIGHT = 0.05
+EDGE_FACTOR = 0.33
+# Binocular3DGS shifts the camera by up to 0.4 units of its COLMAP frame (``--cam_trans_dist``).
+# On LLFF fern that frame's training cameras are 3.88 units apart (views 1 and 10 of the 3-view
+# split); in splatkit's normalised frame they are 0.118 apart at 0.99 from the scene centre, so
+# 0.4 units are 0.012 of the camera's distance to the centre (max disparity ~ 0.012 x focal px).
+WARP_MAX_SHIFT = 0.012
+
+
+# -- the pieces as plain functions (tested directly) ---------------------------------------------
+def dark_backdrop_mask(images: torch.Tensor, threshold: float = DARK_THRESHOLD, run: int = DARK_RUN) -> torch.Tensor:
+    """``[B, H, W, 1]`` float mask of backdrop pixels of ``images [B, H, W, 3]``: the brightest
+    channel is below ``threshold`` in the pixel and in the ``run - 1`` pixels above it (fewer in
+    the top rows, as in DNGaussian's shifted products)."""
+    bright = (images.amax(dim=-1) >= threshold).float()  # [B, H, W]
+    B, H, W = bright.shape
+    cs = torch.cat([bright.new_zeros(B, 1, W), bright.cumsum(dim=1)], dim=1)  # [B, H + 1, W]
+    rows = torch.arange(H, device=images.device)
+    lo = (rows - run + 1).clamp_min(0)
+    count = cs[:, rows + 1] - cs[:, lo]  # bright pixels among rows max(0, r - run + 1) .. r
+    return (count == 0).float()[..., None]
+
+
+def shifted_viewmats(viewmats: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """World-to-camera matrices of cameras moved by ``shifts [B]`` along their own x axis (image
+    right): a point at camera coordinates ``p`` is at ``p - (s, 0, 0)`` in the moved camera."""
+    out = viewmats.clone()
+    out[:, 0, 3] = out[:, 0, 3] - shifts
+    return out
+
+
+def warp_from_shifted(shifted: torch.Tensor, disparity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse warp (monodepth's, as Binocular3DGS uses it): ``out[b, r, c] = shifted[b, r, c +
+    disparity[b, r, c]]``, linear between the two neighbouring columns. ``shifted [B, H, W, C]``,
+    ``disparity [B, H, W]``. Returns ``(warped, valid [B, H, W, 1])``; pixels whose neighbours
+    fall outside the image are 0 and invalid."""
+    B, H, W, C = shifted.shape
+    x = torch.arange(W, device=shifted.device, dtype=shifted.dtype)[None, None] + disparity
+    x = x.clamp(-2.0, W + 1.0)  # empty pixels (depth ~0) have huge disparities: keep the indices sane
+    x0 = torch.floor(x)
+    w1 = (x - x0)[..., None]
+    x0 = x0.long()
+    x1 = x0 + 1
+    valid = ((x0 >= 0) & (x1 <= W - 1))[..., None]
+    i0 = x0.clamp(0, W - 1)[..., None].expand(B, H, W, C)
+    i1 = x1.clamp(0, W - 1)[..., None].expand(B, H, W, C)
+    warped = (1 - w1) * shifted.gather(2, i0) + w1 * shifted.gather(2, i1)
+    return warped * valid, valid.to(shifted.dtype)
+
+
+def _central_differences(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """0.5 x (right - left) and 0.5 x (below - above) of ``[B, H, W, C]`` summed over channels, on
+    the interior ``[B, H - 2, W - 2]`` (Binocular3DGS' ``SmoothLoss`` 3x3 edge filters, no padding)."""
+    dx = 0.5 * (x[:, 1:-1, 2:] - x[:, 1:-1, :-2]).sum(dim=-1)
+    dy = 0.5 * (x[:, 2:, 1:-1] - x[:, :-2, 1:-1]).sum(dim=-1)
+    return dx, dy
+
+
+def edge_aware_smoothness(disparity: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """Binocular3DGS' ``SmoothLoss``: ``mean|exp(-0.33 |d_x I|) d_x D| + mean|exp(-0.33 |d_y I|) d_y D|``
+    with ``D = disparity [B, H, W]`` and the image ``[B, H, W, 3]`` differences summed over channels."""
+    ix, iy = _central_differences(image)
+    dx, dy = _central_differences(disparity[..., None])
+    return (torch.exp(-EDGE_FACTOR * ix.abs()) * dx).abs().mean() + (torch.exp(-EDGE_FACTOR * iy.abs()) * dy).abs().mean()
+
+
+def warp_consistency_loss(shifted_render: torch.Tensor, depth: torch.Tensor, target: torch.Tensor, fx: torch.Tensor,
+                          shifts: torch.Tensor, smooth_weight: float = WARP_SMOOTH_WEIGHT) -> torch.Tensor:
+    """Binocular3DGS' consistency term for views moved by ``shifts [B]``: disparity ``-fx s / depth``
+    (a point moves left when the camera moves right), the shifted render warped back, then
+    ``mean|warped * valid - target * valid| + smooth_weight * smoothness(disparity * valid)``.
+    ``shifted_render``/``target`` ``[B, H, W, 3]``, ``depth [B, H, W, 1]``, ``fx [B]``."""
+    disparity = -(fx * shifts)[:, None, None] / (depth[..., 0] + 1e-5)
+    warped, valid = warp_from_shifted(shifted_render, disparity)
+    l1 = (warped * valid - target * valid).abs().mean()
+    return l1 + smooth_weight * edge_aware_smoothness(disparity * valid[..., 0], target)
+
+
+# -- plugins ------------------------------------------------------------------------------------
+@register_plugin
+class OpacityDecay(Plugin):
+    """Binocular3DGS: opacities x ``factor`` after every step from ``refine_start_iter`` on (its
+    authors also densify to the end of the run and never reset opacities; presets set that)."""
+
+    name = "opacity_decay"
+    applies_to = ("3dgs",)
+
+    @dataclass
+    class Config:
+        factor: float = in_range(OPACITY_DECAY, 0.0, 1.0, lo_open=True)
+        """Multiplier on every opacity per step (Binocular3DGS: 0.995)."""
+
+    def on_step_end(self, step: int, state: TrainState) -> None:
+        if step < self.config.refine_start_iter:
+            return
+        with torch.no_grad():
+            op = state.method.model.splats["opacities"]  # logits
+            op.copy_(torch.logit(torch.sigmoid(op) * self.settings.factor))
+
+
+@register_plugin
+class WarpConsistency(Plugin):
+    """Binocular3DGS' binocular-guided consistency (module doc). The virtual camera moves by a
+    uniform random ``[0, max_shift]`` fraction of its distance to the scene centre (the normalised
+    frame's origin), left or right at random, from ``start`` of the run on."""
+
+    name = "warp_consistency"
+    applies_to = ("3dgs",)
+    needs_depth = True
+
+    @dataclass
+    class Config:
+        weight: float = in_range(1.0)
+        """Binocular3DGS adds the term unweighted."""
+        max_shift: float = in_range(WARP_MAX_SHIFT, 0.0, 1.0, lo_open=True)
+        """Largest sideways move, as a fraction of the camera's distance to the scene centre."""
+        start: float = in_range(WARP_START_FRACTION, 0.0, 1.0)
+        """First step, as a fraction of the run (Binocular3DGS: 20000 of 30000)."""
+        smooth_weight: float = in_range(WARP_SMOOTH_WEIGHT)
+
+    def setup(self, state: TrainState) -> None:
+        self.state = state
+        # Its own stream, so the shifts never move the trainer's RNG (exact resume).
+        self.generator = torch.Generator().manual_seed(int(state.config.seed) + 6007)
+        centers = torch.linalg.inv(state.scene.cameras.viewmats("cpu"))[:, :3, 3]
+        self.distance = centers.norm(dim=1).clamp_min(1e-6).to(state.device)  # per training view
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+    def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
+        cfg = self.settings
+        if step < int(round(cfg.start * self.config.steps)):
+            return {}
+        if outputs.depths is None:
+            raise SplatkitError(f"{self.name}: the trainer did not render depth")
+        if batch.pixels is not None:
+            raise SplatkitError(f"{self.name} needs whole rendered views, not a batch of rays")
+        n = len(batch.positions)
+        draw = torch.rand(n, generator=self.generator)
+        sign = torch.where(torch.rand(n, generator=self.generator) < 0.5, -1.0, 1.0)
+        dev = outputs.depths.device
+        shifts = (draw * sign).to(dev) * cfg.max_shift * self.distance[torch.as_tensor(batch.positions, device=dev)]
+        shifted = self.state.method.render(shifted_viewmats(batch.viewmats, shifts), batch.Ks, batch.width,
+                                           batch.height, batch.backgrounds, with_depth=False, step=step)
+        term = warp_consistency_loss(shifted.colors, outputs.depths, batch.target, batch.Ks[:, 0, 0], shifts,
+                                     cfg.smooth_weight)
+        return cfg.weight * term
+
+
+@register_plugin
+class DarkBackdrop(Plugin):
+    """DTU's dark backdrop (module doc): rendered alpha on dark backdrop pixels is penalised,
+    ``weight x mean(alpha x mask)`` over the image (Binocular3DGS' form and weight)."""
+
+    name = "dark_backdrop"
+
+    def setup(self, state: TrainState) -> None:
+        from splatkit.methods.scoring import background_for
+
+        # Alpha pushed to 0 shows the background: only a black one looks like a dark backdrop.
+        if state.config.background == "random" or background_for(state.config).any():
+            raise SplatkitError("dark_backdrop needs a black background (background black, or auto on a dark "
+                                "capture such as DTU)")
+
+    @dataclass
+    class Config:
+        weight: float = in_range(1.0)
+        threshold: float = in_range(DARK_THRESHOLD, 0.0, 1.0, lo_open=True)
+        """A backdrop pixel's brightest channel is below this (DNGaussian: 30/255; 15/255 for scan 110)."""
+        run: int = in_range(DARK_RUN, 1)
+        """... and so are the run - 1 pixels above it."""
+
+    def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
+        if batch.pixels is not None:
+            raise SplatkitError(f"{self.name} needs whole rendered views, not a batch of rays")
+        mask = dark_backdrop_mask(batch.images, self.settings.threshold, self.settings.run)
+        return self.settings.weight * (outputs.alphas.abs() * mask).mean()

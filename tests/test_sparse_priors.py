@@ -1,0 +1,195 @@
+"""The network-free sparse-view plugins (splatkit/priors/sparse_views.py): each loss against a
+hand-computed case, the warp against an analytic plane (and the real rasteriser on a plane of
+Gaussians), opacity decay's arithmetic, and a short training run with all of them that resumes
+bit-identically."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from splatkit.priors.sparse_views import (DARK_THRESHOLD, DarkBackdrop, OpacityDecay, dark_backdrop_mask,
+                                          edge_aware_smoothness, shifted_viewmats, warp_consistency_loss,
+                                          warp_from_shifted)
+
+
+def test_dark_backdrop_mask_needs_the_pixels_above_dark_too():
+    # One column, top to bottom: dark, dark, bright, dark, dark, dark; run 3 = the pixel and 2 above.
+    col = torch.tensor([0.0, 0.05, 0.5, 0.0, 0.1, 0.02])
+    img = col[None, :, None, None].expand(1, 6, 1, 3).clone()
+    img[0, 4, 0, 0] = DARK_THRESHOLD + 0.01  # one bright channel makes the pixel bright
+    got = dark_backdrop_mask(img, DARK_THRESHOLD, run=3)[0, :, 0, 0].tolist()
+    # rows 0, 1: dark with only dark pixels above; 2 bright; 3 has 2 above; 4 bright; 5 has 4 above.
+    assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    img[0, 4, 0, 0] = 0.0
+    got = dark_backdrop_mask(img, DARK_THRESHOLD, run=3)[0, :, 0, 0].tolist()
+    assert got == [1.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_dark_backdrop_loss_is_the_mean_alpha_on_the_backdrop():
+    images = torch.zeros(1, 2, 2, 3)
+    images[0, 1, 1] = 0.9  # one bright pixel
+    alphas = torch.tensor([0.2, 0.4, 0.6, 0.8]).reshape(1, 2, 2, 1)
+    plugin = DarkBackdrop(SimpleNamespace(), DarkBackdrop.Config(weight=2.0, run=1))
+    batch = SimpleNamespace(images=images, pixels=None)
+    out = SimpleNamespace(alphas=alphas)
+    # backdrop = the three dark pixels: 2 x (0.2 + 0.4 + 0.6) / 4
+    assert float(plugin.loss(0, batch, out)) == pytest.approx(2.0 * 1.2 / 4)
+
+
+def test_opacity_decay_multiplies_opacities_from_the_densification_start():
+    logits = torch.logit(torch.tensor([0.5, 0.9]))
+    state = SimpleNamespace(method=SimpleNamespace(model=SimpleNamespace(splats={"opacities": logits})))
+    plugin = OpacityDecay(SimpleNamespace(refine_start_iter=10), OpacityDecay.Config())
+    plugin.on_step_end(9, state)
+    assert torch.sigmoid(logits).tolist() == pytest.approx([0.5, 0.9])
+    plugin.on_step_end(10, state)
+    plugin.on_step_end(11, state)
+    assert torch.sigmoid(logits).tolist() == pytest.approx([0.5 * 0.995**2, 0.9 * 0.995**2], rel=1e-5)
+
+
+def test_edge_aware_smoothness_by_hand():
+    # Disparity ramp k per column on a flat image: every interior x-difference is k, y-difference 0.
+    H, W, k = 4, 5, 0.3
+    disp = (k * torch.arange(W, dtype=torch.float32))[None, None].expand(1, H, W)
+    flat = torch.full((1, H, W, 3), 0.5)
+    assert float(edge_aware_smoothness(disp, flat)) == pytest.approx(k)
+    # An image ramp of 0.1 per column in each channel: |d_x I| = 3 x 0.1, weight exp(-0.33 x 0.3).
+    ramp = (0.1 * torch.arange(W, dtype=torch.float32))[None, None, :, None].expand(1, H, W, 3)
+    assert float(edge_aware_smoothness(disp, ramp)) == pytest.approx(k * math.exp(-0.33 * 0.3), rel=1e-5)
+
+
+def test_warp_by_an_integer_disparity_and_the_invalid_edge():
+    shifted = torch.arange(6, dtype=torch.float32).reshape(1, 1, 6, 1)
+    warped, valid = warp_from_shifted(shifted, torch.full((1, 1, 6), 2.0))
+    # Column 3 would read 5 exactly, but its right neighbour (6) is outside: invalid, as in monodepth.
+    assert warped[0, 0, :, 0].tolist() == [2, 3, 4, 0, 0, 0] and valid[0, 0, :, 0].tolist() == [1, 1, 1, 0, 0, 0]
+    warped, valid = warp_from_shifted(shifted, torch.full((1, 1, 6), -0.5))
+    assert warped[0, 0, :, 0].tolist() == [0, 0.5, 1.5, 2.5, 3.5, 4.5] and valid[0, 0, 0, 0] == 0
+
+
+def _plane_images(fx, cx, W, H, Z, shift, texture):
+    """A fronto-parallel plane at depth Z with colour texture(X) seen by the camera and by the same
+    camera moved by ``shift`` along its x axis (pixel centres at u + 0.5)."""
+    u = torch.arange(W, dtype=torch.float64) + 0.5
+    X = (u - cx) * Z / fx  # world x of what the original camera sees
+    Xs = X + shift  # the moved camera sees x = (u - cx) Z / fx + shift
+    orig = texture(X)[None, None, :, None].expand(1, H, W, 3)
+    moved = texture(Xs)[None, None, :, None].expand(1, H, W, 3)
+    return orig, moved
+
+
+def test_warp_consistency_on_an_analytic_plane():
+    fx, cx, W, H, Z = 100.0, 32.0, 64, 4, 2.0
+    shift = 0.1  # disparity -fx s / Z = -5 px: the plane moves left when the camera moves right
+    linear = lambda x: 0.3 + 0.2 * x  # exact under linear interpolation  # noqa: E731
+    orig, moved = _plane_images(fx, cx, W, H, Z, shift, linear)
+    depth = torch.full((1, H, W, 1), Z, dtype=torch.float64)
+    shifts, fxs = torch.tensor([shift], dtype=torch.float64), torch.tensor([fx], dtype=torch.float64)
+    disparity = -fx * shift / (Z + 1e-5)
+    warped, valid = warp_from_shifted(moved, torch.full((1, H, W), disparity, dtype=torch.float64))
+    ok = valid[..., 0] > 0
+    assert int(ok.sum()) == H * (W - 5)  # the 5 columns at the left edge look outside the image
+    assert torch.allclose(warped[ok], orig[ok], atol=1e-4)
+    assert float(warp_consistency_loss(moved, depth, orig, fxs, shifts, smooth_weight=0.0)) < 1e-6
+    # The smoothness term sees only the step of the (masked) disparity at the invalid edge: in each
+    # of the H - 2 interior rows, two central differences of 5 / 2, each weighted by exp(-0.33 |d_x I|)
+    # with |d_x I| = 3 channels x 0.2 Z / fx; mean over the (H - 2) (W - 2) interior pixels.
+    smooth = 2 * (H - 2) * 2.5 * math.exp(-0.33 * 3 * 0.2 * Z / fx) / ((H - 2) * (W - 2))
+    assert float(warp_consistency_loss(moved, depth, orig, fxs, shifts)) == pytest.approx(0.05 * smooth, rel=1e-4)
+    # The wrong sign of the disparity does not line up.
+    assert float(warp_consistency_loss(moved, depth, orig, fxs, -shifts, smooth_weight=0.0)) > 0.01
+    # A smooth texture, a fractional disparity (0.65 px): linear interpolation leaves a residual far
+    # below the images' own difference.
+    orig, moved = _plane_images(fx, cx, W, H, Z, 0.013, lambda x: 0.5 + 0.4 * torch.sin(3 * x))
+    residual = warp_consistency_loss(moved, depth, orig, fxs, torch.tensor([0.013], dtype=torch.float64),
+                                     smooth_weight=0.0)
+    assert float(residual) < 0.05 * float((moved - orig).abs().mean())
+
+
+def test_shifted_camera_and_warp_through_the_rasteriser():
+    """A plane of small Gaussians rendered by the real rasteriser from a camera and from the camera
+    moved sideways: the warp through the rendered depth lines the renders up."""
+    from splatkit.render import rasterization
+
+    W, H, fx, Z = 64, 48, 60.0, 3.0
+    g = torch.linspace(-3.0, 3.0, 121)
+    yy, xx = torch.meshgrid(torch.linspace(-2.5, 2.5, 101), g, indexing="ij")
+    means = torch.stack([xx.reshape(-1), yy.reshape(-1), torch.full((xx.numel(),), Z)], dim=1)
+    n = len(means)
+    colors = torch.stack([0.5 + 0.4 * torch.sin(2 * means[:, 0]), 0.5 + 0.4 * torch.cos(3 * means[:, 1]),
+                          torch.full((n,), 0.5)], dim=1)
+    quats = torch.tensor([1.0, 0, 0, 0]).expand(n, 4)
+    scales = torch.full((n, 3), 0.05)
+    opac = torch.full((n,), 0.99)
+    K = torch.tensor([[fx, 0, W / 2], [0, fx, H / 2], [0, 0, 1]])[None]
+    view = torch.eye(4)[None]
+    shift = torch.tensor([0.12])  # ~2.4 px disparity
+
+    def render(vm, mode="RGB"):
+        out, _, _ = rasterization(means, quats, scales, opac, colors, vm, K, W, H, sh_degree=None,
+                                  render_mode=mode, backgrounds=torch.zeros(1, 3), backend="torch")
+        return out
+
+    ref = render(view, "RGB+ED")
+    target, depth = ref[..., :3], ref[..., 3:4]
+    assert float((depth - Z).abs().max()) < 1e-3
+    moved = render(shifted_viewmats(view, shift))
+    right = warp_consistency_loss(moved, depth, target, K[:, 0, 0], shift, smooth_weight=0.0)
+    wrong = warp_consistency_loss(moved, depth, target, K[:, 0, 0], -shift, smooth_weight=0.0)
+    unwarped = (moved - target).abs().mean()
+    assert float(right) < 0.15 * float(unwarped) and float(wrong) > 2 * float(right)
+
+
+def test_training_with_the_sparse_plugins_logs_them_and_resumes_exactly(scene_dir, tmp_path):
+    from splatkit.train.config import resolve_config
+    from splatkit.train.trainer import Trainer
+
+    def config(out, steps):
+        return resolve_config({"data": str(scene_dir), "out": str(out), "steps": steps, "backend": "torch",
+                               "init_num_points": 200, "sh_degree": 0, "background": "black",
+                               "train_views": [0, 2, 4], "checkpoint_every": 3, "log_every": 1, "preview_every": 0,
+                               "refine_start_iter": 1, "refine_every": 2,
+                               "regularizers": ["opacity_decay", "warp_consistency", "dark_backdrop"],
+                               "plugins": {"warp_consistency": {"start": 0.0}}})
+
+    full = Trainer(config(tmp_path / "full", 6), quiet=True)
+    full.train()
+    log = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    assert all(k in log[-1] for k in ("warp_consistency", "dark_backdrop"))
+    assert log[-1]["warp_consistency"] > 0
+    def stop_at_4(trainer, step):  # Ctrl-C after step 4: the loop saves a checkpoint there
+        if step == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(tmp_path / "part", 6), quiet=True, callbacks=[stop_at_4]).train()
+    resumed = Trainer(config(tmp_path / "part", 6), resume=True, quiet=True)
+    resumed.train()
+    for k, v in full.method.model.splats.items():
+        assert torch.equal(v, resumed.method.model.splats[k]), k
+
+
+def test_dark_backdrop_refuses_a_white_background(scene_dir, tmp_path):
+    from splatkit.errors import SplatkitError
+    from splatkit.train.config import resolve_config
+    from splatkit.train.trainer import Trainer
+
+    cfg = resolve_config({"data": str(scene_dir), "out": str(tmp_path / "r"), "steps": 1, "backend": "torch",
+                          "init_num_points": 50, "background": "white", "regularizers": ["dark_backdrop"]})
+    with pytest.raises(SplatkitError, match="black background"):
+        Trainer(cfg, quiet=True).train()
+
+
+def test_plugin_settings_are_range_checked():
+    from splatkit.errors import SplatkitError
+    from splatkit.train.config import resolve_config
+
+    with pytest.raises(SplatkitError, match="factor"):
+        resolve_config({"plugins": {"opacity_decay": {"factor": 1.5}}})
+    with pytest.raises(SplatkitError, match="max_shift"):
+        resolve_config({"plugins": {"warp_consistency": {"max_shift": 0.0}}})
