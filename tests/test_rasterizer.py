@@ -469,8 +469,8 @@ def test_backend_selection_and_errors(cpu_ext, monkeypatch):
     with pytest.raises(SplatkitError, match="unknown rasterizer backend"):
         resolve_backend("vulkan", cpu)
     # No compiler: a clear reason, and auto falls back to the PyTorch path with a warning.
-    monkeypatch.setattr(cpu_backend, "_module", None)
-    monkeypatch.setattr(cpu_backend, "_error", None)
+    monkeypatch.setattr(cpu_backend._EXTENSION, "ops", None)
+    monkeypatch.setattr(cpu_backend._EXTENSION, "error", None)
     monkeypatch.setattr(cpu_backend, "_compiler", lambda: None)
     with pytest.raises(SplatkitError, match="no C\\+\\+ compiler"):
         resolve_backend("cpu", cpu)

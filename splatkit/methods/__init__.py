@@ -34,6 +34,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 def _load_builtin_and_entry_points() -> None:
     global _loaded_entry_points
     from splatkit.methods import gaussian_splatting  # noqa: F401  (registers "3dgs")
+    from splatkit.methods import nerf  # noqa: F401  (registers "nerf")
 
     if _loaded_entry_points:
         return

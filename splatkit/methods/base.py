@@ -38,6 +38,10 @@ class Batch:
     backgrounds: torch.Tensor  # [B, 3]
     masks: Optional[torch.Tensor] = None  # [B, H, W, 1] in [0, 1], 1 = object
     depths: Optional[torch.Tensor] = None  # [B, H, W, 1], 0 = unknown
+    # A batch of pixel rays instead of whole images (a NeRF step, Method.prepare_batch): the rays'
+    # (view in the batch, row, column) [N, 3]; images, target, masks and depths are then
+    # [1, 1, N, C] and backgrounds [N, 3], one per ray.
+    pixels: Optional[torch.Tensor] = None
 
 
 @dataclass
@@ -92,6 +96,19 @@ class Method:
 
     def load_training_state(self, state: dict) -> None:
         """Optimiser and strategy state from :meth:`training_state`."""
+
+    # The preset a run of this method without --preset/--load-config gets, per device type
+    # ("cpu", "cuda"); None: the package's auto presets (3DGS's).
+    auto_presets: ClassVar[Optional[dict[str, str]]] = None
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse config values this method cannot train with (a one-line SplatkitError)."""
+
+    def prepare_batch(self, step: int, batch: Batch) -> Batch:
+        """What the step trains on, from the loop's batch of whole views (a NeRF samples pixel
+        rays here, see :attr:`Batch.pixels`); the photometric loss and plugins see the result."""
+        return batch
 
     def default_plugins(self) -> list["Plugin"]:
         """Plugins the method itself needs for this config (they run before the config's own)."""

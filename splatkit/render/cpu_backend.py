@@ -42,25 +42,9 @@ LDFLAGS = ("-fopenmp",)
 # Channels per kernel call (the C++ kMaxChannels); wider features are composited in chunks.
 CHANNEL_CHUNK = 32
 
-_lock = threading.Lock()
-_module = None
-_error: Optional[str] = None
-
-
 def cache_root() -> Path:
     base = os.environ.get("SPLATKIT_CACHE_DIR")
     return Path(base) if base else Path.home() / ".cache" / "splatkit"
-
-
-def build_dir() -> Path:
-    """Where this build of the extension lives (one folder per sources+flags+toolchain)."""
-    h = hashlib.sha256()
-    for name in SOURCES:
-        h.update(name.encode())
-        h.update((SOURCE_DIR / name).read_bytes())
-    h.update(" ".join(CFLAGS + LDFLAGS).encode())
-    h.update(f"{torch.__version__}|{sys.version_info[:2]}|{platform.machine()}".encode())
-    return cache_root() / "extensions" / f"rasterize_cpu_{h.hexdigest()[:16]}"
 
 
 def _compiler() -> Optional[str]:
@@ -68,54 +52,84 @@ def _compiler() -> Optional[str]:
     return shutil.which(cxx)
 
 
-def _build():
-    global _module, _error
-    missing = [n for n in SOURCES if not (SOURCE_DIR / n).is_file()]
-    if missing:
-        _error = f"C++ sources not found: {SOURCE_DIR / missing[0]}"
-        return
-    if _compiler() is None:
-        _error = "no C++ compiler found (install g++ or set CXX)"
-        return
-    from torch.utils import cpp_extension
+class CppExtension:
+    """One extension of our C++ torch ops (``cuda/cpu/``), compiled on first use with
+    ``torch.utils.cpp_extension.load`` into ``cache_root()/extensions/<name>_<hash>``, where the
+    hash covers the sources, the flags and the torch/Python versions (each machine builds once).
+    A failed build is remembered as a one-line reason instead of being retried per call."""
 
-    out = build_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        # is_python_module=False: the sources register torch ops (TORCH_LIBRARY) instead of a
-        # pybind11 module, which keeps the one-off compile to a few seconds.
-        cpp_extension.load(
-            name="splatkit_rasterize_cpu",
-            sources=[str(SOURCE_DIR / n) for n in SOURCES],
-            extra_cflags=list(CFLAGS),
-            extra_ldflags=list(LDFLAGS),
-            build_directory=str(out),
-            is_python_module=False,
-            verbose=False,
-        )
-        _module = torch.ops.splatkit_cpu
-    except Exception as e:  # compiler errors, missing headers, ninja failures
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        _error = f"building the C++ rasterizer in {out} failed: {first}"
+    def __init__(self, name: str, sources: tuple[str, ...], namespace: str, label: str):
+        self.name, self.sources, self.namespace, self.label = name, sources, namespace, label
+        self._lock = threading.Lock()
+        self.ops = None
+        self.error: Optional[str] = None
+
+    def build_dir(self) -> Path:
+        h = hashlib.sha256()
+        for name in self.sources:
+            h.update(name.encode())
+            h.update((SOURCE_DIR / name).read_bytes())
+        h.update(" ".join(CFLAGS + LDFLAGS).encode())
+        h.update(f"{torch.__version__}|{sys.version_info[:2]}|{platform.machine()}".encode())
+        return cache_root() / "extensions" / f"{self.name}_{h.hexdigest()[:16]}"
+
+    def _build(self) -> None:
+        missing = [n for n in self.sources if not (SOURCE_DIR / n).is_file()]
+        if missing:
+            self.error = f"C++ sources not found: {SOURCE_DIR / missing[0]}"
+            return
+        if _compiler() is None:
+            self.error = "no C++ compiler found (install g++ or set CXX)"
+            return
+        from torch.utils import cpp_extension
+
+        out = self.build_dir()
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            # is_python_module=False: the sources register torch ops (TORCH_LIBRARY) instead of a
+            # pybind11 module, which keeps the one-off compile to a few seconds.
+            cpp_extension.load(name=f"splatkit_{self.name}", sources=[str(SOURCE_DIR / n) for n in self.sources],
+                               extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS), build_directory=str(out),
+                               is_python_module=False, verbose=False)
+            self.ops = getattr(torch.ops, self.namespace)
+        except Exception as e:  # compiler errors, missing headers, ninja failures
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self.error = f"building {self.label} in {out} failed: {first}"
+
+    def load(self):
+        """The ops namespace; builds on first call. Raises SplatkitError if impossible."""
+        with self._lock:
+            if self.ops is None and self.error is None:
+                self._build()
+        if self.ops is None:
+            raise SplatkitError(self.error)
+        return self.ops
+
+    def unavailable_reason(self) -> Optional[str]:
+        """None when the ops work here (building them if needed), else why not."""
+        try:
+            self.load()
+        except SplatkitError as e:
+            return str(e)
+        return None
+
+
+_EXTENSION = CppExtension("rasterize_cpu", SOURCES, "splatkit_cpu", "the C++ rasterizer")
+
+
+def build_dir() -> Path:
+    """Where this build of the rasterizer's extension lives (one folder per sources+flags+toolchain)."""
+    return _EXTENSION.build_dir()
 
 
 def load_extension():
     """The compiled kernels module; builds it on first call. Raises SplatkitError if impossible."""
-    with _lock:
-        if _module is None and _error is None:
-            _build()
-    if _module is None:
-        raise SplatkitError(_error)
-    return _module
+    return _EXTENSION.load()
 
 
 def unavailable_reason() -> Optional[str]:
     """None when the cpu backend works here (building it if needed), else why not."""
-    try:
-        load_extension()
-    except SplatkitError as e:
-        return str(e)
-    return None
+    return _EXTENSION.unavailable_reason()
 
 
 _kernel_threads: Optional[int] = None
@@ -140,13 +154,17 @@ def kernel_threads() -> int:
     return torch.get_num_threads()
 
 
-class _Kernels:
-    """The ops, each run on :func:`kernel_threads` threads. With torch's own OpenMP runtime
-    (one libgomp in the process) the kernels' ``omp_set_num_threads`` is also torch's thread
-    count, so a different kernel count is restored to torch's after the call."""
+class Kernels:
+    """An extension's ops, each run on :func:`kernel_threads` threads. With torch's own OpenMP
+    runtime (one libgomp in the process) the kernels' ``omp_set_num_threads`` is also torch's
+    thread count, so a different kernel count is restored to torch's after the call. Every
+    extension defines a ``set_num_threads`` op for this."""
+
+    def __init__(self, extension: CppExtension):
+        self._extension = extension
 
     def __getattr__(self, name):
-        ext = load_extension()
+        ext = self._extension.load()
         op = getattr(ext, name)
 
         def call(*args):
@@ -162,7 +180,7 @@ class _Kernels:
         return call
 
 
-_KERNELS = _Kernels()
+_KERNELS = Kernels(_EXTENSION)
 
 
 def _ext():

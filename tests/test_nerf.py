@@ -1,0 +1,118 @@
+"""The hash-grid NeRF method (``--method nerf``) through the CLI on the tiny synthetic scene:
+training, exact resume, eval, render (views, depth, orbit), the checkpoint (nerfacc's occupancy
+state in it), bad input, and that nothing on the CPU path loads nerfacc's CUDA backend."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from splatkit.cli.main import main
+from splatkit.errors import SplatkitError
+from splatkit.methods import load_checkpoint
+from splatkit.models.nerf_field import NerfModel
+from splatkit.train import Run, resolve_config
+from splatkit.train.trainer import Trainer
+
+# A NeRF small enough to train a few steps in seconds on the 48x36 scene.
+TINY_VALUES = {"nerf_rays": 256, "nerf_log2_hashmap_size": 12, "nerf_levels": 4, "nerf_max_resolution": 64,
+               "nerf_occ_resolution": 16, "nerf_occ_every": 4, "nerf_march_steps": 128, "checkpoint_every": 8,
+               "keep_checkpoints": 0, "log_every": 4, "preview_every": 0}
+TINY = ["--set", *(f"{k}={v}" for k, v in TINY_VALUES.items())]
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["state"]
+
+
+def test_nerf_trains_resumes_exactly_evaluates_and_renders_through_the_cli(scene_dir, tmp_path, capsys):
+    common = ["--data", str(scene_dir), "--method", "nerf", "--quiet", "--steps", "12", *TINY]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(["train", *common, "--out", str(ref)]) == 0
+
+    def crash(trainer, step):
+        if step == 10:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError):  # a run stopped after its step-8 checkpoint ...
+        Trainer(resolve_config({"data": scene_dir, "method": "nerf", "steps": 12, "out": run, **TINY_VALUES}),
+                quiet=True, callbacks=[crash]).train()
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0  # ... resumed through the CLI
+    a, b = _state(ref / "checkpoints/ckpt_000012.pt"), _state(run / "checkpoints/ckpt_000012.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # resume is exact
+    # nerfacc's occupancy state is part of the checkpoint.
+    assert {"estimator.occs", "estimator.binaries", "estimator.aabbs"} <= set(a)
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["preset"] == "nerf" and config["ssim_lambda"] == 0  # the method's auto preset
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["method"] == "nerf" and summary["mean"]["psnr"] > 8
+    log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [4, 8, 12] and all(r["samples"] > 0 for r in log)
+
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run)]) == 0
+    report = json.loads((run / "metrics.json").read_text())
+    assert report["mean"]["psnr"] == pytest.approx(summary["mean"]["psnr"], abs=1e-6)  # one scoring path
+    assert main(["render", "--run", str(run), "--orbit", "--frames", "2", "--video", str(tmp_path / "o.gif")]) == 0
+    assert len(list((run / "renders" / "test").glob("*.png"))) == report["num_views"]
+    assert len(list((run / "renders" / "test" / "depth").glob("*.png"))) == report["num_views"]
+    assert (tmp_path / "o.gif").is_file()
+
+    model, payload = load_checkpoint(Run.open(run).latest_checkpoint())
+    assert isinstance(model, NerfModel) and payload["splatkit"]["method"] == "nerf"
+    rgbd, alpha, _ = model.render(torch.eye(4)[None] @ torch.linalg.inv(torch.eye(4)), torch.tensor(
+        [[[40.0, 0, 24], [0, 40, 18], [0, 0, 1]]]), 48, 36, render_mode="RGB+ED")
+    assert rgbd.shape == (1, 36, 48, 4) and alpha.shape == (1, 36, 48, 1) and torch.isfinite(rgbd).all()
+    # A NeRF checkpoint given to a Gaussian-only command: one clear line.
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--format", "ply"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'nerf' run has no Gaussians" in err and len(err.splitlines()) == 1
+    # nerfacc 0.5.3 JIT-compiles CUDA on first use of its kernels: a CPU run never gets there.
+    assert "nerfacc" in sys.modules and "nerfacc.cuda._backend" not in sys.modules
+
+
+def test_nerf_torch_and_kernel_paths_render_the_same(scene_dir):
+    """The C++ kernels and the PyTorch references give the same images from one model."""
+    from splatkit.data import load_scene
+    from splatkit.methods.nerf import nerf_config
+    from splatkit.models.nerf_field import scene_box
+    from splatkit.render import nerf_cpu_backend
+
+    if nerf_cpu_backend.unavailable_reason() is not None:
+        pytest.skip(f"NeRF C++ kernels unavailable: {nerf_cpu_backend.unavailable_reason()}")
+    scene = load_scene(scene_dir)
+    cfg = resolve_config({"method": "nerf", "nerf_log2_hashmap_size": 12, "nerf_levels": 4,
+                          "nerf_max_resolution": 64, "nerf_occ_resolution": 16})
+    torch.manual_seed(0)
+    model = NerfModel(nerf_config(cfg, scene_box(scene, 1.0)[0]))
+    with torch.no_grad():  # a density worth rendering: a blob in the box centre
+        model.field.grid.table.normal_(0, 1.0)
+        model.estimator.binaries.fill_(True)
+    cams = scene.cameras[[0, 1]]
+    out = {}
+    for impl in ("cpu", "torch"):
+        model.impl = impl
+        out[impl] = model.render(cams.viewmats(), cams.intrinsics(), 48, 36, render_mode="RGB+ED")
+    torch.testing.assert_close(out["cpu"][0], out["torch"][0], rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(out["cpu"][1], out["torch"][1], rtol=1e-3, atol=1e-3)
+    assert float(out["cpu"][1].mean()) > 0.05  # not an empty picture
+
+
+def test_nerf_config_errors():
+    with pytest.raises(SplatkitError, match="ssim_lambda=0"):
+        resolve_config({"method": "nerf", "ssim_lambda": 0.2})
+    with pytest.raises(SplatkitError, match="nerf_rays must be positive"):
+        resolve_config({"method": "nerf", "nerf_rays": 0})
+    with pytest.raises(SplatkitError, match="scene box"):
+        resolve_config({"method": "nerf", "nerf_aabb": [0, 0, 0, 1, -1, 1]})
+    with pytest.raises(SplatkitError, match="log2_hashmap_size"):
+        resolve_config({"method": "nerf", "nerf_log2_hashmap_size": 40})
+    assert resolve_config({"method": "nerf"}).preset == "nerf"
+    assert resolve_config({"method": "3dgs", "device": "cpu"}).preset == "cpu"
+    assert resolve_config(preset="nerf-sparse").method == "nerf"
