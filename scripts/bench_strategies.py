@@ -20,7 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchdoc import load_average, machine_info, write_section  # noqa: E402
+from benchdoc import load_average, machine_info, mean_std, write_section  # noqa: E402
 from splatkit.cli.demo import demo_split, prepare_scene  # noqa: E402
 from splatkit.train import resolve_config  # noqa: E402
 from splatkit.train.trainer import Trainer  # noqa: E402
@@ -47,15 +47,6 @@ def _train(scene: Path, out: Path, preset: str, overrides: dict, seed: int, step
     return json.loads(summary.read_text())
 
 
-def _stat(vals, digits: int = 2) -> str:
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return "n/a"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_strategies")
@@ -75,10 +66,10 @@ def main() -> None:
         counts.append(float(np.mean([r["num_gaussians"] for r in runs])))
         cfg = resolve_config(dict(overrides), preset=preset)
         name = f"`{label}`" if not overrides else f"`{preset}`{label[len(preset):]}"
-        rows.append(f"| {name} | {cfg.strategy} | {_stat([r['train_time_s'] / 60 for r in runs])} | "
-                    f"{_stat([r['num_gaussians'] for r in runs], 0)} | "
-                    f"**{_stat([x.get('psnr') for x in m])}** | {_stat([x.get('ssim') for x in m], 4)} | "
-                    f"{_stat([x.get('masked_psnr') for x in m])} |")
+        rows.append(f"| {name} | {cfg.strategy} | {mean_std([r['train_time_s'] / 60 for r in runs])} | "
+                    f"{mean_std([r['num_gaussians'] for r in runs], 0)} | "
+                    f"**{mean_std([x.get('psnr') for x in m])}** | {mean_std([x.get('ssim') for x in m], 4)} | "
+                    f"{mean_std([x.get('masked_psnr') for x in m])} |")
         print(rows[-1], flush=True)
     load_note = "machine load unknown" if load_before is None else f"load average {load_before:.1f} at the start"
     text = f"""## Densification strategies: default vs 3DGS-MCMC

@@ -38,6 +38,18 @@ def load_average() -> float | None:
         return None
 
 
+def mean_std(values, digits: int = 2) -> str:
+    """``mean ± std`` of the values that are not None (the value alone when there is one)."""
+    import numpy as np
+
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals):.{digits}f}"
+
+
 def write_section(name: str, text: str) -> Path:
     """Replace the text between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` (appended when absent).
 

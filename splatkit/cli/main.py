@@ -34,6 +34,9 @@ class Synthetic:
     """Number of cameras on the DTU-like sphere cap (49 matches DTU's view ids 0..48)."""
     preset: Optional[str] = None
     """'test' (200x150) or 'bench' (400x300); overrides width/height."""
+    backdrop: Literal["dark", "white"] = "dark"
+    """'dark': DTU's lit table fading into a dark room; 'white': the object alone on pure white
+    (a capture masked to white, product photos, MonoSDF's DTU crops)."""
 
     def run(self) -> None:
         from splatkit.data.synthetic import write_synthetic_scene
@@ -44,7 +47,8 @@ class Synthetic:
             if self.preset not in presets:
                 raise SplatkitError(f"unknown preset {self.preset!r}; choose from {sorted(presets)}")
             w, h = presets[self.preset]
-        path = write_synthetic_scene(self.out, seed=self.seed, width=w, height=h, n_views=self.views)
+        path = write_synthetic_scene(self.out, seed=self.seed, width=w, height=h, n_views=self.views,
+                                    backdrop=self.backdrop)
         print(f"wrote synthetic scene to {path}")
 
 
@@ -74,11 +78,68 @@ class Info:
 
 
 @dataclass
+class Poses:
+    """Camera poses for a folder of photos by structure from motion (pycolmap: SIFT, matching,
+    COLMAP's incremental or GLOMAP's global mapper), written as a COLMAP scene folder splatkit
+    trains on: undistorted PINHOLE images/ + sparse/0, images_2/4/8, and a pose report in OUT/sfm
+    (report.md, cameras.png, cameras.html). Rerun on the same photos and settings: reused."""
+
+    images: Path
+    """Folder of photos (or a folder whose images/ holds them)."""
+    out: Path
+    """Scene folder to write (absent, empty, or made by an earlier 'data poses')."""
+    intrinsics: Optional[str] = None
+    """Known intrinsics: fx,fy,cx,cy[,k1,k2,p1,p2[,k3]] in pixels (COLMAP's convention) or a K.txt
+    file; 'none' ignores a K.txt beside the photos (used by default)."""
+    refine_intrinsics: Optional[bool] = None
+    """Refine the intrinsics in bundle adjustment (default: only when they are not given)."""
+    refine_principal_point: tyro.conf.FlagCreatePairsOff[bool] = False
+    per_image_camera: tyro.conf.FlagCreatePairsOff[bool] = False
+    """One camera per photo instead of one shared camera (photos from several cameras or zooms)."""
+    matching: Literal["exhaustive", "sequential", "vocabtree"] = "exhaustive"
+    """exhaustive (every pair), sequential (video-like captures, by file name order), vocabtree
+    (large sets; needs --vocab-tree)."""
+    vocab_tree: Optional[Path] = None
+    """Vocabulary tree file (vocabtree matching; loop detection with sequential)."""
+    overlap: int = 10
+    """Sequential matching: neighbours matched on each side."""
+    mapper: Optional[Literal["incremental", "global"]] = None
+    """incremental (COLMAP) or global (GLOMAP); default: global below 10 photos, else incremental."""
+    max_image_size: int = 1600
+    """SIFT runs on photos resized to this longest side (-1: full size); poses stay in full pixels."""
+    few_views: Optional[bool] = None
+    """Few-view settings (two-view tracks, relaxed initial pair, DSP-SIFT, affine shapes); default:
+    on below 10 photos. Each has its own flag too."""
+    two_view_tracks: Optional[bool] = None
+    relaxed_init: Optional[bool] = None
+    dsp: Optional[bool] = None
+    affine: Optional[bool] = None
+    seed: int = 0
+    reuse: tyro.conf.FlagCreatePairsOff[bool] = True
+    """Reuse OUT when it was made from the same photos and settings (--no-reuse recomputes)."""
+    quiet: tyro.conf.FlagCreatePairsOff[bool] = False
+
+    def run(self) -> None:
+        from splatkit.app.poses import poses_command
+        from splatkit.data.sfm import PoseOptions
+
+        opts = PoseOptions(
+            matching=self.matching, vocab_tree=None if self.vocab_tree is None else str(self.vocab_tree),
+            overlap=self.overlap, mapper=self.mapper, intrinsics=self.intrinsics,
+            refine_intrinsics=self.refine_intrinsics, refine_principal_point=self.refine_principal_point,
+            single_camera=not self.per_image_camera, max_image_size=self.max_image_size, few_views=self.few_views,
+            two_view_tracks=self.two_view_tracks, relaxed_init=self.relaxed_init, dsp=self.dsp, affine=self.affine,
+            seed=self.seed)
+        poses_command(self.images, self.out, opts, quiet=self.quiet, reuse=self.reuse)
+
+
+@dataclass
 class Data:
-    """Dataset tools: generate synthetic scenes, inspect folders."""
+    """Dataset tools: camera poses for photos, synthetic scenes, inspect folders."""
 
     action: tyro.conf.OmitSubcommandPrefixes[
         Union[
+            Annotated[Poses, tyro.conf.subcommand("poses")],
             Annotated[Synthetic, tyro.conf.subcommand("synthetic")],
             Annotated[Info, tyro.conf.subcommand("info")],
         ]
@@ -130,8 +191,10 @@ class Train:
     """Rasterizer backend."""
     batch_size: Optional[int] = None
     sh_degree: Optional[int] = None
-    background: Optional[Literal["black", "white", "random"]] = None
-    init: Optional[Literal["auto", "sfm", "random"]] = None
+    background: Optional[Literal["auto", "black", "white", "random"]] = None
+    """auto (default): the images' uniform backdrop (white sweep, images masked to white) when
+    there is one, else black; random: a new colour per step (with --use-masks)."""
+    init: Optional[Literal["auto", "sfm", "random", "triangulated"]] = None
     init_num_points: Optional[int] = None
     depth_prior: Optional[str] = None
     """Depth prior for the depth losses: none, files (depth/<image stem>.npy|png|pfm) or a depth model
@@ -141,9 +204,12 @@ class Train:
     (default: their folder's kind.txt, else relative depth)."""
     depth_prior_dir: Optional[Path] = None
     """Folder of depth-prior files (default: DATA/depth)."""
+    depth_align: Optional[Literal["off", "sfm"]] = None
+    """sfm: fit each relative depth map (scale and shift) to points triangulated with the known
+    cameras (pycolmap) so it can bound the initial points; the fit's residual is reported."""
     regularizers: Optional[str] = None
     """Plugins (priors, regularisers), comma separated, replacing the preset's: depth_ranking,
-    depth_continuity, depth_pearson, depth_patch, dropout, or a third-party plugin."""
+    depth_continuity, depth_pearson, depth_patch, dropout, backdrop_prune, or a third-party plugin."""
     use_masks: tyro.conf.FlagCreatePairsOff[bool] = False
     """Supervise the rendered alpha with the dataset's masks (turn off a preset's with --set use_masks=false)."""
     mask_weight: Optional[float] = None
@@ -163,7 +229,8 @@ class Train:
             "data", "downscale", "steps", "out", "seed", "device", "backend", "batch_size", "sh_degree",
             "method", "strategy", "cap_max", "intrinsics_size",
             "background", "init", "init_num_points", "mask_weight", "checkpoint_every", "log_every",
-            "preview_every", "depth_prior", "depth_prior_kind", "depth_prior_dir") if getattr(self, k) is not None}
+            "preview_every", "depth_prior", "depth_prior_kind", "depth_prior_dir", "depth_align")
+                     if getattr(self, k) is not None}
         if self.regularizers is not None:
             overrides["regularizers"] = [r for r in self.regularizers.replace(",", " ").split() if r]
         if self.use_masks:
@@ -249,14 +316,14 @@ class Eval:
 @dataclass
 class Export:
     """Export a trained run for splat viewers, in the dataset's original world frame: standard 3DGS
-    PLY, antimatter15 .splat, PlayCanvas/SuperSplat compressed PLY, Niantic .spz, or splatkit's
+    PLY, antimatter15 .splat, PlayCanvas/SuperSplat compressed PLY, Niantic .spz, PlayCanvas .sog, or splatkit's
     compact .skz (R-VQ codes and the colour field of Compact-3DGS runs). A run's colour field is
     baked to SH for every format but skz; the PSNR that costs on the test views is printed."""
 
     run_dir: Annotated[Path, tyro.conf.arg(name="run")]
     """Run folder written by 'splatkit train'."""
     format: str = "ply"
-    """ply, splat, ply-compressed, spz or skz."""
+    """ply, splat, ply-compressed, spz, sog or skz."""
     out: Optional[Path] = None
     """Output file (default RUN/export/splats.<ext>: .ply, .splat, .compressed.ply, .spz, .skz)."""
     checkpoint: Optional[Path] = None
@@ -284,6 +351,46 @@ class Export:
             print(f"baking the colour field to SH degree {rep['sh_degree']}: {rep['split']} PSNR "
                   f"{rep['psnr_field']:.2f} dB with the field, {rep['psnr_baked']:.2f} dB baked "
                   f"({rep['loss_db']:.2f} dB lost)")
+
+
+@dataclass
+class Compress:
+    """Compress a finished 3DGS run (plain, sparse, MCMC or compact): prune by importance and
+    fine-tune, code the SH rest bands with a sensitivity-weighted codebook, fine-tune on the stored
+    grids, write .skz. The result is a new run folder (default RUN/compressed) that eval, render
+    and export take; the test PSNR before and after is printed."""
+
+    run_dir: Annotated[Path, tyro.conf.arg(name="run")]
+    """Run folder written by 'splatkit train'."""
+    target_ratio: Optional[float] = None
+    """Keep as many Gaussians as make the .skz about this many times smaller than the plain PLY."""
+    keep: Optional[float] = None
+    """Share of the Gaussians to keep, by importance (default 0.6; or use --target-ratio)."""
+    sh_codebook: Optional[int] = None
+    """SH codebook entries (default: 256, more for over 64k Gaussians, at most 4096)."""
+    bits: Optional[str] = None
+    """Bits per stored value, NAME=BITS pairs (default means=14,scales=8,quats=8,sh0=8,shN=8)."""
+    prune_steps: int = 300
+    """Fine-tune steps after pruning."""
+    qat_steps: int = 200
+    """Quantisation-aware fine-tune steps after the SH codebook."""
+    out: Optional[Path] = None
+    """Output run folder (default RUN/compressed; must not exist or be empty)."""
+    checkpoint: Optional[Path] = None
+    """Checkpoint file to compress (default: the run's latest)."""
+    device: Optional[str] = None
+    """auto, cpu or cuda (default: the run's)."""
+    quiet: tyro.conf.FlagCreatePairsOff[bool] = False
+    """No progress output."""
+
+    def run(self) -> None:
+        from splatkit.app.compress import compress_run
+        from splatkit.compress.posttrain import parse_bits
+
+        compress_run(self.run_dir, keep=self.keep, target_ratio=self.target_ratio, sh_codebook=self.sh_codebook,
+                     bits=parse_bits(self.bits), prune_steps=self.prune_steps, qat_steps=self.qat_steps,
+                     out=self.out, checkpoint=self.checkpoint, device=self.device, quiet=self.quiet,
+                     say=print)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -327,6 +434,18 @@ class Benchmark:
     quiet: tyro.conf.FlagCreatePairsOff[bool] = False
     set: list[str] = field(default_factory=list)
     """Config values for every run, KEY=VALUE."""
+    jobs: Optional[int] = None
+    """Runs at once in a local process pool (default: one per GPU on CUDA, else 1: a CPU run already
+    uses every core)."""
+    executor: Literal["local", "ray"] = "local"
+    """local: a process pool on this machine; ray: one Ray task per run (pip install 'splatkit[ray]';
+    data and --out at the same paths on every node)."""
+    address: Optional[str] = None
+    """Ray cluster to join (e.g. auto or ray://head:10001); default: start a local Ray instance."""
+    cpus_per_run: float = 1.0
+    """Ray: CPUs each run's task reserves."""
+    gpus_per_run: Optional[float] = None
+    """Ray: GPUs each run's task reserves (default: 1 when the cluster has GPUs)."""
 
     def run(self) -> None:
         from splatkit.eval.benchmark import BenchmarkSpec, run_benchmark
@@ -340,7 +459,9 @@ class Benchmark:
                              scans=names(self.scans), seeds=self.seeds, methods=names(self.methods) or [],
                              steps=self.steps, depth_prior=self.depth_prior,
                              overrides=parse_set_overrides(self.set), split_file=self.split_file,
-                             device=self.device, quiet=self.quiet, synthetic_size=parse_size(self.size))
+                             device=self.device, quiet=self.quiet, synthetic_size=parse_size(self.size),
+                             jobs=self.jobs, executor=self.executor, address=self.address,
+                             cpus_per_run=self.cpus_per_run, gpus_per_run=self.gpus_per_run)
         result = run_benchmark(spec)
         print(result["markdown"])
         print(f"wrote {spec.out / 'results.json'} and {spec.out / 'results.md'}")
@@ -366,6 +487,7 @@ Command = Union[
     Annotated[Render, tyro.conf.subcommand("render")],
     Annotated[Eval, tyro.conf.subcommand("eval")],
     Annotated[Export, tyro.conf.subcommand("export")],
+    Annotated[Compress, tyro.conf.subcommand("compress")],
     Annotated[Benchmark, tyro.conf.subcommand("benchmark")],
     Annotated[Data, tyro.conf.subcommand("data")],
     Annotated[Demo, tyro.conf.subcommand("demo")],

@@ -87,8 +87,10 @@ class TrainConfig:
     sh_degree: int = 3
     sh_degree_interval: int = 1000
     """Raise the active SH degree by one every this many steps (3DGS: 1000)."""
-    init: Literal["auto", "sfm", "random"] = "auto"
-    """``auto``: SfM points when the scene has them, else random points in the estimated object bounds."""
+    init: Literal["auto", "sfm", "random", "triangulated"] = "auto"
+    """``auto``: SfM points when the scene has them, else random points in the estimated object bounds.
+    ``triangulated``: SIFT points matched across the training views and triangulated with their known
+    cameras (pycolmap; random points, with a warning, when fewer than 100 survive)."""
     init_num_points: int = 100_000
     """Number of random initial points (``random`` init)."""
     init_opacity: float = 0.1
@@ -112,8 +114,20 @@ class TrainConfig:
     shN_lr: float = 2.5e-3 / 20
     ssim_lambda: float = 0.2
     """Loss = (1 - ssim_lambda) L1 + ssim_lambda (1 - SSIM), as in 3DGS."""
-    background: Literal["black", "white", "random"] = "black"
-    """Colour composited behind the splats, and behind masked-out ground truth when masks are used."""
+    background: Literal["auto", "black", "white", "random"] = "auto"
+    """Colour composited behind the splats, and behind masked-out ground truth when masks are used.
+    ``auto``: the backdrop estimated from the training images (outside the masks when the scene has
+    them, else along the image borders; :mod:`splatkit.data.backdrop`) when it is uniform, such as
+    a white sweep or images masked to white; black otherwise (DTU's dark room). ``random``: a new
+    random colour per view and step (the model must leave the background transparent; needs
+    ``use_masks`` unless the images are already transparent there)."""
+    prune_backdrop: Optional[bool] = None
+    """Remove Gaussians whose blending weight falls only on backdrop pixels (the ``backdrop_prune``
+    plugin, 3DGS). None: on when ``background`` ``auto`` found a uniform backdrop (resolved by the
+    run and saved in its config.json); measured in docs/benchmarks.md ("Bright backdrops")."""
+    background_color: Optional[list[float]] = None
+    """The RGB colour (0..1) ``auto`` resolved to, written by the run into its config.json so that
+    resume, ``eval`` and ``render`` use the same colour; may also be given to fix the colour."""
     near_plane: float = 0.01
     far_plane: float = 1e10
 
@@ -138,6 +152,11 @@ class TrainConfig:
     bounds the initial points; models declare their own kind."""
     depth_prior_dir: Optional[Path] = None
     """Folder of depth-prior files (default: ``depth/`` in the dataset folder)."""
+    depth_align: Literal["off", "sfm"] = "off"
+    """``sfm``: make relative depth files metric before they are used as such (the initial
+    points' depth bounds): each training view's map gets a scale and shift fitted to points
+    triangulated from the training views with their known cameras (pycolmap, in a child process);
+    the fit's residual is printed and saved as ``depth_alignment.json`` in the run folder."""
 
     # -- densification (a strategy: gsplat DefaultStrategy or MCMCStrategy) ---------------------
     densify: bool = True
@@ -219,6 +238,26 @@ class TrainConfig:
     rvq_start: Optional[int] = None
     """First R-VQ step. Default: the last 1000/30000 of ``steps``."""
 
+    # -- hash-grid NeRF (--method nerf; Instant-NGP as nerfacc's examples set it up) -------------
+    nerf_rays: int = 4096
+    """Rays per step, drawn uniformly from the pixels of the step's views."""
+    nerf_lr: float = 1e-2
+    """Adam LR of the hash table and MLPs (linear warm-up over 100 steps, x0.33 at 1/2, 3/4, 9/10 of the run)."""
+    nerf_log2_hashmap_size: int = 19
+    nerf_levels: int = 16
+    nerf_max_resolution: int = 2048
+    """Resolution of the finest hash-grid level across the scene box (base resolution 16)."""
+    nerf_occ_resolution: int = 128
+    """Cells per side of the occupancy grid (nerfacc OccGridEstimator)."""
+    nerf_occ_every: int = 16
+    """Update the occupancy grid every this many steps (nerfacc: 16)."""
+    nerf_march_steps: int = 1024
+    """Marching step = scene-box diagonal / this."""
+    nerf_cone_angle: float = 0.0
+    """Step growth with distance (0: uniform steps; nerfacc uses 1/256 for unbounded scenes)."""
+    nerf_aabb: Optional[list[float]] = None
+    """Scene box [xmin, ymin, zmin, xmax, ymax, zmax] (default: from the depth maps or the cameras)."""
+
     # -- bookkeeping ---------------------------------------------------------------------------
     checkpoint_every: int = 1000
     """Write a checkpoint every this many steps (and always at the end); 0: only at the end."""
@@ -261,7 +300,7 @@ class TrainConfig:
         from splatkit.methods import method_class
         from splatkit.methods.plugins import check_plugin_settings, plugin_class, plugin_settings
 
-        method_class(c.method)  # a clear error for an unknown method
+        method_class(c.method).check_config(c)  # a clear error for an unknown method or bad values
         c.plugins = check_plugin_settings(c.plugins)
         for name in c.plugins:
             plugin_settings(plugin_class(name), c.plugins)  # each plugin validates its own values
@@ -279,13 +318,22 @@ class TrainConfig:
             raise SplatkitError(f"scene_scale must be positive, got {c.scene_scale}")
         for name, allowed in (("device", ("auto", "cpu", "cuda")),
                               ("backend", ("auto", "cpu", "torch", "gsplat")),
-                              ("background", ("black", "white", "random")),
-                              ("init", ("auto", "sfm", "random")),
+                              ("background", ("auto", "black", "white", "random")),
+                              ("init", ("auto", "sfm", "random", "triangulated")),
                               ("strategy", ("default", "mcmc")),
                               ("color_field_output", ("sigmoid", "sh0")),
-                              ("depth_prior_kind", (None, "metric", "depth", "inverse"))):
+                              ("depth_prior_kind", (None, "metric", "depth", "inverse")),
+                              ("depth_align", ("off", "sfm"))):
             if getattr(c, name) not in allowed:
                 raise SplatkitError(f"{name} must be one of {', '.join(map(str, allowed))}; got {getattr(c, name)!r}")
+        if c.background_color is not None:
+            color = c.background_color
+            if (not isinstance(color, (list, tuple)) or len(color) != 3
+                    or not all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in color)):
+                raise SplatkitError(f"background_color must be three numbers in [0, 1], got {color!r}")
+            if c.background == "random":
+                raise SplatkitError("background_color fixes the colour; it cannot go with background 'random'")
+            c.background_color = [float(v) for v in color]
         c.regularizers = list(dict.fromkeys(c.regularizers))
         return c
 
@@ -441,7 +489,7 @@ def resolve_config(overrides: Optional[dict[str, Any]] = None, *, preset: Option
     if load_config is not None:
         _update(values, load_saved_config(load_config))
     if preset is None and load_config is None:
-        preset = auto_preset((overrides or {}).get("device", "auto"))
+        preset = auto_preset((overrides or {}).get("device", "auto"), (overrides or {}).get("method"))
     if preset is not None:
         _update(values, load_preset(preset))
         values["preset"] = preset
@@ -462,13 +510,19 @@ def _update(values: dict, new: dict) -> None:
 AUTO_PRESETS = {"cuda": "default", "cpu": "cpu"}
 
 
-def auto_preset(device: str = "auto") -> Optional[str]:
-    """``default`` on a CUDA device, ``cpu`` on a CPU (``device`` as ``--device`` takes it)."""
+def auto_preset(device: str = "auto", method: Optional[str] = None) -> Optional[str]:
+    """``default`` on a CUDA device, ``cpu`` on a CPU (``device`` as ``--device`` takes it), or
+    what ``method`` asks for (``Method.auto_presets``; the NeRF: ``nerf``)."""
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    name = AUTO_PRESETS.get(device, "default")
+    presets = AUTO_PRESETS
+    from splatkit.methods import available_methods, method_class
+
+    if method in available_methods():  # not an old run label (resolved later)
+        presets = method_class(method).auto_presets or AUTO_PRESETS
+    name = presets.get(device, "default")
     return name if name in available_presets() else None
 
 

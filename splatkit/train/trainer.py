@@ -32,6 +32,7 @@ from splatkit.errors import SplatkitError
 from splatkit.methods import method_class
 from splatkit.methods.base import Batch, Plugin, RenderOutputs, TrainState, check_finite
 from splatkit.methods.plugins import build_plugins
+from splatkit.methods.scoring import background_for
 from splatkit.models.init import scene_extent
 from splatkit.train import run as runfiles
 from splatkit.train.config import TrainConfig
@@ -159,6 +160,9 @@ class Trainer:
         self._t0 = time.time()
         self._elapsed_before = 0.0
         self.train_seconds: Optional[float] = None
+        self._background_note: Optional[str] = None
+        self._depth_note: Optional[str] = None
+        self._depth_report: Optional[dict] = None
 
     @property
     def model(self):
@@ -240,12 +244,16 @@ class Trainer:
         write_text_atomic(path / runfiles.CONFIG_NAME, json.dumps(cfg_dict, indent=2) + "\n")
         write_text_atomic(path / runfiles.SPLIT_NAME,
                           json.dumps({"train": self.train_ids, "test": self.test_ids}) + "\n")
+        if self._depth_report is not None:
+            write_text_atomic(path / "depth_alignment.json", json.dumps(self._depth_report, indent=2) + "\n")
 
     def _prepare_views(self, scene: Scene) -> None:
         dev = self.device
         self.scene = scene
         self.train_scene = scene.subset(scene.index_of(self.train_ids))
         self.test_scene = scene.subset(scene.index_of(self.test_ids)) if self.test_ids else None
+        if self.config.depth_align == "sfm" and not self.resume:
+            self._align_depths()
         ts = self.train_scene
         sizes = {(int(w), int(h)) for w, h in zip(ts.cameras.widths, ts.cameras.heights)}
         if self.config.batch_size > 1 and len(sizes) > 1:
@@ -262,16 +270,62 @@ class Trainer:
             viewmats=ts.cameras.viewmats(dev), Ks=ts.cameras.intrinsics(dev),
             widths=[int(w) for w in ts.cameras.widths], heights=[int(h) for h in ts.cameras.heights])
 
+    def _align_depths(self) -> None:
+        """``depth_align="sfm"``: relative depth files of the training views made metric by a
+        per-view fit to points triangulated with the known cameras (:mod:`splatkit.data.depth_align`)."""
+        from splatkit.data.depth_align import align_scene_depths
+        from splatkit.data.depth_io import resolve_depth_kind
+        from splatkit.data.sfm import triangulate_known_poses
+
+        ts = self.train_scene
+        if ts.depths is None:
+            raise SplatkitError("depth_align sfm needs depth files beside the images (depth/); this dataset has none")
+        kind, _ = resolve_depth_kind(self.config.depth_prior_kind, ts.depth_kind)
+        if kind == "metric":
+            self._depth_note = "depth files are metric already: not aligned"
+            return
+        ts.depths = [np.array(d, dtype=np.float32, copy=True) for d in ts.depths]  # the scene's own stay as read
+        points = triangulate_known_poses(ts)
+        report = align_scene_depths(ts, points, kind)
+        self._depth_report = report
+        err = report["median_rel_error"]
+        self._depth_note = (f"depth ({kind}) aligned to {report['points']} triangulated points in "
+                            f"{report['aligned_views']}/{len(ts)} views"
+                            + (f", median relative error {err:.1%}" if err is not None else ""))
+
+    def _resolve_background(self) -> None:
+        """``background="auto"``: the training images' uniform backdrop, else black; the colour
+        goes into the run's config (``background_color``) so resume and evaluation reuse it."""
+        cfg = self.config
+        if cfg.background != "auto" or cfg.background_color is not None:
+            if cfg.prune_backdrop is None:
+                cfg.prune_backdrop = False
+            return
+        from splatkit.data.backdrop import color_name, estimate_backdrop
+        from splatkit.methods.plugins import plugin_class
+
+        ts = self.train_scene
+        estimate = estimate_backdrop(ts.images, ts.masks)
+        color = estimate.color if estimate.color is not None else np.zeros(3, np.float32)
+        cfg.background_color = [float(c) for c in color]
+        self._background_note = f"background {color_name(color)}: {estimate.describe()}"
+        if cfg.prune_backdrop is None:
+            applies = plugin_class("backdrop_prune").applies_to
+            cfg.prune_backdrop = estimate.color is not None and (applies is None or cfg.method in applies)
+            if cfg.prune_backdrop:
+                self._background_note += "; pruning Gaussians that only explain it (backdrop_prune)"
+
     def _setup(self) -> None:
         cfg = self.config
         scene = self._load_scene()
         self.method = method_class(cfg.method)(cfg, self.device)
+        self._choose_run_folder(scene)
+        self._prepare_views(scene)
+        self._resolve_background()  # before the plugins: it may switch on backdrop_prune
         self.plugins = self.method.default_plugins() + build_plugins(cfg, cfg.method) + self._given_plugins
         names = [p.name for p in self.plugins]
         if len(set(names)) != len(names):
             raise SplatkitError(f"plugin names repeat: {names}")
-        self._choose_run_folder(scene)
-        self._prepare_views(scene)
         for plugin in self.plugins:
             if plugin.needs_masks and self.train_scene.masks is None:
                 raise SplatkitError(f"the {plugin.name!r} plugin (--use-masks for 'mask') needs a dataset "
@@ -351,11 +405,10 @@ class Trainer:
     # one step
     # ==========================================================================================
     def _backgrounds(self, n: int) -> torch.Tensor:
-        bg = self.config.background
-        if bg == "random":
+        if self.config.background == "random":
             return torch.rand(n, 3, generator=self.generator).to(self.device)
-        value = 1.0 if bg == "white" else 0.0
-        return torch.full((n, 3), value, device=self.device)
+        color = torch.from_numpy(background_for(self.config)).to(self.device)
+        return color[None].expand(n, 3).contiguous()
 
     def _make_batch(self, step: int, positions: list[int], bg: torch.Tensor) -> Batch:
         v = self.views
@@ -376,7 +429,7 @@ class Trainer:
         cfg, method, state = self.config, self.method, self.state
         positions = self.sampler.next()
         bg = self._backgrounds(len(positions))
-        batch = self._make_batch(step, positions, bg)
+        batch = method.prepare_batch(step, self._make_batch(step, positions, bg))
         for plugin in self.plugins:
             plugin.on_step_start(step, state)
         outputs: RenderOutputs = method.render_train(step, batch, with_depth=self.with_depth,
@@ -568,6 +621,9 @@ class Trainer:
                   f"primitives; device {self.device}")
         self._say(f"schedule: {cfg.steps} steps (preset {cfg.preset or 'none'}"
                   + (f", strategy {cfg.strategy}" if cfg.densify else ", no densification") + ")")
+        for note in (self._background_note, self._depth_note):
+            if note:
+                self._say(note)
         self._t0 = time.time()
         self._session_start_step = self.step
         previous_handler = self._install_sigint()
