@@ -216,3 +216,19 @@ def test_auto_background_is_estimated_saved_and_reused(white_dir, scene_dir, tmp
         TrainConfig(background_color=[1.0, 2.0, 0.0]).resolved()
     with pytest.raises(SplatkitError, match="cannot go with background 'random'"):
         TrainConfig(background="random", background_color=[1.0, 1.0, 1.0]).resolved()
+
+
+SCAN = Path(__file__).resolve().parents[2] / "shared" / "data" / "dtu_scan65"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (SCAN / "cameras_sphere.npz").is_file(),
+                    reason=f"real DTU scan not available at {SCAN} (it lives in ../shared/data beside the repo)")
+def test_real_scan_dark_room_has_no_backdrop_but_masked_to_white_has():
+    scene = load_scene(SCAN).subset([25, 22, 28])
+    for masks in (None, scene.masks):  # DTU's room and table: trained on black as before
+        assert estimate_backdrop(scene.images, masks).color is None
+    white = [np.where(m[..., None] > 0.5, img, 1.0) for img, m in zip(scene.images, scene.masks)]
+    for masks in (None, scene.masks):
+        est = estimate_backdrop(white, masks)
+        assert est.color is not None and np.array_equal(est.color, np.ones(3, np.float32))
