@@ -78,7 +78,7 @@ def importance_and_sensitivity(means: Tensor, quats: Tensor, scales: Tensor, opa
 
     ``scales`` and ``opacities`` activated, as the rasteriser takes them. ``progress(i, total)``
     is called after each view."""
-    from splatkit.render import rasterization
+    from splatkit.render.contribution import blend_weight_sums
     from splatkit.render.sh import sh_basis
 
     n = means.shape[0]
@@ -88,11 +88,10 @@ def importance_and_sensitivity(means: Tensor, quats: Tensor, scales: Tensor, opa
     geo = [t.detach() for t in (means, quats, scales, opacities)]
     cam_centers = torch.linalg.inv(viewmats)[:, :3, 3]
     for v in range(viewmats.shape[0]):
-        colors = torch.zeros(n, 3, device=means.device, requires_grad=True)
-        img, _, _ = rasterization(*geo, colors, viewmats[v:v + 1], Ks[v:v + 1], int(widths[v]), int(heights[v]),
-                                  near_plane=near_plane, far_plane=far_plane, backend=backend)
-        (grad,) = torch.autograd.grad(img[..., 0].sum(), colors)
-        w = grad[:, 0].detach().to(torch.float64).clamp_min(0)  # every channel gets the same weight
+        W, H = int(widths[v]), int(heights[v])
+        every_pixel = torch.ones(1, H, W, 1, device=means.device)
+        w = blend_weight_sums(*geo, viewmats[v:v + 1], Ks[v:v + 1], W, H, every_pixel, near_plane=near_plane,
+                              far_plane=far_plane, backend=backend)[:, 0].to(torch.float64).clamp_min(0)
         importance += w
         if k_rest:
             dirs = torch.nn.functional.normalize(geo[0] - cam_centers[v], dim=1)

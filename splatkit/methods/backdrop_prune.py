@@ -43,6 +43,7 @@ class BackdropPrune(Plugin):
         cfg = self.config
         self.state = state
         self.pruned_total = 0
+        self._pixel_weights = None  # per view batch: (view indices, [C, H, W, 2] backdrop / object)
         if state.scene.masks is None and cfg.background == "random":
             raise SplatkitError("backdrop_prune needs object masks or a fixed background colour "
                                 "(background auto/black/white), not background 'random' without masks")
@@ -55,24 +56,33 @@ class BackdropPrune(Plugin):
             return refines_at(cfg, step)
         return step > 0 and step % cfg.refine_every == 0 and step < cfg.steps - 1
 
+    def _batches(self) -> list[tuple[list[int], torch.Tensor]]:
+        """Which pixels are backdrop, per batch of training views (fixed for the run: made once)."""
+        if self._pixel_weights is None:
+            from splatkit.methods.scoring import background_for, view_batches
+
+            scene, dev = self.state.scene, self.state.device
+            bg = torch.from_numpy(background_for(self.config)).to(dev)
+            self._pixel_weights = []
+            for idx in view_batches(scene.cameras, VIEW_CHUNK):
+                if scene.masks is not None:
+                    backdrop = torch.stack([1.0 - torch.as_tensor(scene.masks[i], device=dev) for i in idx])
+                else:
+                    images = torch.stack([torch.as_tensor(scene.images[i][..., :3], device=dev) for i in idx])
+                    backdrop = ((images - bg).abs().amax(dim=-1) <= self.settings.tolerance).float()
+                self._pixel_weights.append((idx, torch.stack([backdrop, 1.0 - backdrop], dim=-1)))
+        return self._pixel_weights
+
     @torch.no_grad()
     def backdrop_share(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per Gaussian: (share of its blending weight on backdrop pixels, total weight)."""
-        from splatkit.methods.scoring import background_for, view_batches
         from splatkit.render.contribution import blend_weight_sums
 
         state, cfg = self.state, self.config
         scene, dev = state.scene, state.device
         params = state.method.model.activated()
-        bg = torch.from_numpy(background_for(cfg)).to(dev)
         sums = torch.zeros(params["means"].shape[0], 2, device=dev)
-        for idx in view_batches(scene.cameras, VIEW_CHUNK):
-            if scene.masks is not None:
-                backdrop = torch.stack([1.0 - torch.as_tensor(scene.masks[i], device=dev) for i in idx])
-            else:
-                images = torch.stack([torch.as_tensor(scene.images[i][..., :3], device=dev) for i in idx])
-                backdrop = ((images - bg).abs().amax(dim=-1) <= self.settings.tolerance).float()
-            weights = torch.stack([backdrop, 1.0 - backdrop], dim=-1)
+        for idx, weights in self._batches():
             sub = scene.cameras[idx]
             sums += blend_weight_sums(params["means"], params["quats"], params["scales"], params["opacities"],
                                       sub.viewmats(dev), sub.intrinsics(dev), int(sub.widths[0]),

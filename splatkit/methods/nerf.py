@@ -67,14 +67,9 @@ class Nerf(Method):
         if config.ssim_lambda != 0:
             raise SplatkitError("the nerf method trains on scattered pixel rays, where SSIM is undefined: "
                                 f"set ssim_lambda=0 (got {config.ssim_lambda}; the nerf presets do)")
-        for name in ("nerf_rays", "nerf_levels", "nerf_max_resolution", "nerf_occ_resolution", "nerf_occ_every",
-                     "nerf_march_steps", "nerf_lr"):
-            if not getattr(config, name) > 0:
-                raise SplatkitError(f"{name} must be positive, got {getattr(config, name)}")
+        # Signs of the nerf_* numbers are checked with every other key (TrainConfig.resolved).
         if not 1 <= config.nerf_log2_hashmap_size <= 30:
             raise SplatkitError(f"nerf_log2_hashmap_size must be in 1..30, got {config.nerf_log2_hashmap_size}")
-        if config.nerf_cone_angle < 0:
-            raise SplatkitError(f"nerf_cone_angle must be >= 0, got {config.nerf_cone_angle}")
         if config.nerf_max_resolution < 16:
             raise SplatkitError(f"nerf_max_resolution must be >= 16 (the base resolution), got "
                                 f"{config.nerf_max_resolution}")

@@ -292,10 +292,13 @@ class TrainConfig:
             c.color_field_lr_milestones = [max(1, round(m * frac)) for m in REF_FIELD_MILESTONES]
         _check_compact(c)
         _check_positive(c, ("downscale", "batch_size", "sh_degree_interval", "init_num_points",
-                            "refine_every", "reset_every", "log_every", "hold_every", "init_scale"))
+                            "refine_every", "reset_every", "log_every", "hold_every", "init_scale",
+                            "nerf_rays", "nerf_levels", "nerf_max_resolution", "nerf_occ_resolution",
+                            "nerf_occ_every", "nerf_march_steps", "nerf_lr"))
         _check_nonnegative(c, ("checkpoint_every", "keep_checkpoints", "preview_every",
                                "ssim_lambda", "refine_start_iter", "refine_stop_iter",
-                               "mcmc_noise_lr", "mcmc_opacity_reg", "mcmc_scale_reg", "mcmc_min_opacity"))
+                               "mcmc_noise_lr", "mcmc_opacity_reg", "mcmc_scale_reg", "mcmc_min_opacity",
+                               "nerf_cone_angle"))
         _check_positive(c, ("cap_max",))
         from splatkit.methods import method_class
         from splatkit.methods.plugins import check_plugin_settings, plugin_class, plugin_settings

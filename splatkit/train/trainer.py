@@ -161,6 +161,7 @@ class Trainer:
         self._elapsed_before = 0.0
         self.train_seconds: Optional[float] = None
         self._background_note: Optional[str] = None
+        self._background: Optional[torch.Tensor] = None
         self._depth_note: Optional[str] = None
         self._depth_report: Optional[dict] = None
 
@@ -407,8 +408,9 @@ class Trainer:
     def _backgrounds(self, n: int) -> torch.Tensor:
         if self.config.background == "random":
             return torch.rand(n, 3, generator=self.generator).to(self.device)
-        color = torch.from_numpy(background_for(self.config)).to(self.device)
-        return color[None].expand(n, 3).contiguous()
+        if self._background is None:  # fixed for the run once resolved; not rebuilt every step
+            self._background = torch.from_numpy(background_for(self.config)).to(self.device)
+        return self._background[None].expand(n, 3).contiguous()
 
     def _make_batch(self, step: int, positions: list[int], bg: torch.Tensor) -> Batch:
         v = self.views
