@@ -18,7 +18,7 @@ from splatkit.errors import SplatkitError
 from splatkit.train import Run, TrainConfig, resolve_config
 from splatkit.train.config import (load_preset, parse_set_overrides, parse_view_ids, preset_path,
                                    read_overrides)
-from splatkit.train.losses import photometric_loss, ssim_map
+from splatkit.methods.losses import photometric_loss, ssim_map
 from splatkit.methods.base import Batch, Plugin, RenderOutputs
 from splatkit.methods.mask_loss import MaskLoss
 from splatkit.methods.plugins import build_plugins

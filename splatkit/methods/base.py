@@ -201,6 +201,10 @@ class TrainState:
     # depth, with the model as evaluation sees it: for priors that render extra cameras.
     render: Optional[Callable[..., RenderOutputs]] = None
     cache: dict = field(default_factory=dict)  # data several plugins share (depth priors)
+    # A line for the user (the trainer's status output; silent in quiet runs), and the run folder
+    # for what a plugin writes there (pictures of its pseudo views); None outside a Trainer.
+    say: Optional[Callable[[str], None]] = None
+    run_dir: Optional[Any] = None
 
     @property
     def model(self):
@@ -215,7 +219,8 @@ class Plugin:
     range-checked); the instance gets it as ``self.settings``.
 
     Hooks, per step, in the loop's order: :meth:`on_step_start`, :meth:`render_params` (changes
-    what the step renders), :meth:`loss`, backward, :meth:`after_backward`, the optimisers and
+    what the step renders), :meth:`photometric_weights` (weighs or masks the photometric loss),
+    :meth:`loss`, backward, :meth:`after_backward`, the optimisers and
     strategy, :meth:`on_step_end`, and :meth:`every_n` every :attr:`every` steps. State kept
     across steps goes through :meth:`state_dict` into every checkpoint so ``--resume`` restores it.
     """
@@ -248,6 +253,12 @@ class Plugin:
         """Change what a training step renders (the method's render parameters; 3DGS: means,
         quats, scales, opacities, colors, activated); return a new dict, never edit in place."""
         return params
+
+    def photometric_weights(self, step: int, batch: Batch) -> Optional[Union[float, torch.Tensor]]:
+        """Weights on the step's photometric loss: None (the default) leaves it alone; a number
+        scales it; a ``[B, H, W, 1]`` tensor weighs each pixel (0 leaves a pixel out). Several
+        plugins' weights multiply."""
+        return None
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs) -> LossTerms:
         """Weighted loss term(s) for 0-based ``step``; a dict is logged per key."""

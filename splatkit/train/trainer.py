@@ -31,12 +31,12 @@ from splatkit.data.scene import Scene
 from splatkit.errors import SplatkitError
 from splatkit.methods import method_class
 from splatkit.methods.base import Batch, Plugin, RenderOutputs, TrainState, check_finite
+from splatkit.methods.losses import photometric_loss
 from splatkit.methods.plugins import build_plugins
 from splatkit.methods.scoring import background_for
 from splatkit.models.init import scene_extent
 from splatkit.train import run as runfiles
 from splatkit.train.config import TrainConfig
-from splatkit.train.losses import photometric_loss
 from splatkit.utils.atomic import atomic_path, write_text_atomic
 from splatkit.utils.checkpoint import read_payload
 
@@ -361,7 +361,8 @@ class Trainer:
 
         self.state = TrainState(config=cfg, scene=self.train_scene, method=self.method, device=self.device,
                                 scene_scale=self.scene_scale, train_ids=self.train_ids, test_ids=self.test_ids,
-                                resumed=resume_from is not None, step=0, render=self.method.render)
+                                resumed=resume_from is not None, step=0, render=self.method.render,
+                                say=self._say, run_dir=self.run_path)
         for plugin in self.plugins:
             plugin.setup(self.state)
         self.method.build_optimizers()
@@ -438,7 +439,13 @@ class Trainer:
                                                      param_hooks=[p.render_params for p in self.plugins])
         method.pre_backward(step, outputs)
 
-        loss, terms = photometric_loss(outputs.colors, batch.target, cfg.ssim_lambda)
+        weights = None
+        for plugin in self.plugins:
+            w = plugin.photometric_weights(step, batch)
+            if w is not None:
+                w = torch.as_tensor(w, dtype=outputs.colors.dtype, device=outputs.colors.device)
+                weights = w if weights is None else weights * w
+        loss, terms = photometric_loss(outputs.colors, batch.target, cfg.ssim_lambda, weights)
         for plugin in self.plugins:
             out = plugin.loss(step, batch, outputs)
             items = out.items() if isinstance(out, dict) else [(None, out)]

@@ -8,6 +8,8 @@ float32 and autograd enabled. Reported SSIM numbers come from :func:`splatkit.me
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -46,12 +48,20 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - ssim_map(pred, target).mean()
 
 
-def photometric_loss(pred: torch.Tensor, target: torch.Tensor, ssim_lambda: float = 0.2
-                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """3DGS's ``(1 - lambda) L1 + lambda D-SSIM`` and its two terms (for logging)."""
-    l1 = l1_loss(pred, target)
-    if ssim_lambda > 0:
-        dssim = ssim_loss(pred, target)
+def photometric_loss(pred: torch.Tensor, target: torch.Tensor, ssim_lambda: float = 0.2,
+                     weights: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """3DGS's ``(1 - lambda) L1 + lambda D-SSIM`` and its two terms (for logging).
+
+    ``weights`` (``[B, H, W, 1]`` or anything broadcasting to the images) weigh each pixel's L1
+    and D-SSIM before the mean: 0 leaves a pixel out (DTU's dark backdrop), a scalar scales the
+    whole term (GaussianObject's ``1 - r`` while pseudo views are trained). None: unweighted."""
+    if weights is not None:
+        l1 = ((pred - target).abs() * weights).mean()
+        dssim = ((1.0 - ssim_map(pred, target)) * weights).mean() if ssim_lambda > 0 else None
+    else:
+        l1 = l1_loss(pred, target)
+        dssim = ssim_loss(pred, target) if ssim_lambda > 0 else None
+    if dssim is not None:
         total = (1.0 - ssim_lambda) * l1 + ssim_lambda * dssim
     else:
         dssim = torch.zeros((), device=pred.device)
