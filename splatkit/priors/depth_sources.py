@@ -34,6 +34,7 @@ import numpy as np
 from splatkit.data.depth_io import DEPTH_SUFFIXES, find_depth_file, read_depth_file
 from splatkit.errors import DataError, SplatkitError
 from splatkit.utils.atomic import atomic_path
+from splatkit.utils.hf_offline import cached_snapshot, is_repo_id, not_available
 
 KINDS = ("metric", "depth", "inverse")  # splatkit.data.depth_io.DEPTH_KINDS; metric orders like depth
 
@@ -51,7 +52,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Model types whose output is metric depth even without ``depth_estimation_type == "metric"``.
 _METRIC_MODEL_TYPES = {"zoedepth"}
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _check_kind(kind: str) -> str:
@@ -129,43 +129,11 @@ def default_cache_dir() -> Path:
     return (Path(env).expanduser() if env else Path.home() / ".cache" / "splatkit") / "depth"
 
 
-def _hf_hub_cache() -> Path:
-    """The Hugging Face hub cache, resolved from the environment the way huggingface_hub does."""
-    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(var):
-            return Path(os.environ[var]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
-
-
-def _cached_snapshot(repo_id: str) -> Optional[Path]:
-    """The snapshot folder of ``repo_id`` in the HF cache (layout ``models--org--name/refs/main``,
-    ``snapshots/<commit>/``): the one ``refs/main`` names, else the newest holding config.json."""
-    base = _hf_hub_cache() / ("models--" + repo_id.replace("/", "--"))
-    snaps = base / "snapshots"
-    if not snaps.is_dir():
-        return None
-    ref = base / "refs" / "main"
-    if ref.is_file():
-        cand = snaps / ref.read_text().strip()
-        if (cand / "config.json").is_file():
-            return cand
-    cands = [d for d in snaps.iterdir() if (d / "config.json").is_file()]
-    return max(cands, key=lambda d: d.stat().st_mtime) if cands else None
-
-
 def _not_available(name: str, repo: Optional[str], why: str) -> SplatkitError:
-    if repo is not None:
-        how = (f"on a machine with internet run `hf download {repo}` (older huggingface_hub: "
-               f"`huggingface-cli download {repo}`) and copy its Hugging Face cache "
-               f"({_hf_hub_cache()}) here, or pass the path of a folder saved with save_pretrained")
-    else:
-        how = ("pass one of " + ", ".join(MODEL_ALIASES) + ", a Hugging Face repo id present in the "
-               "local cache, or the path of a folder saved with save_pretrained")
-    return SplatkitError(f"depth model {name!r} is not available ({why}); no weights can be downloaded "
-                         f"at run time: {how}")
+    how = None if repo is not None else (
+        "pass one of " + ", ".join(MODEL_ALIASES) + ", a Hugging Face repo id present in the local "
+        "cache, or the path of a folder saved with save_pretrained")
+    return not_available("depth model", name, repo, why, how)
 
 
 def _resolve_model(name: str) -> tuple[Path, str]:
@@ -176,11 +144,11 @@ def _resolve_model(name: str) -> tuple[Path, str]:
         if not (p / "config.json").is_file():
             raise SplatkitError("not a saved depth model folder (no config.json)", p)
         return p.resolve(), p.resolve().name
-    if repo is None and _REPO_ID.match(name) and not name.startswith((".", "~")):
+    if repo is None and is_repo_id(name):
         repo = name
     if repo is None:
         raise _not_available(name, None, "not a known model alias, a repo id or an existing folder")
-    snap = _cached_snapshot(repo)
+    snap = cached_snapshot(repo)
     if snap is None:
         where = "" if name.lower() in MODEL_ALIASES else f"no folder {name!r} exists and "
         raise _not_available(name, repo, f"{where}{repo} is not in the local Hugging Face cache")
