@@ -6,3 +6,4 @@ Importing this package registers its regularisers with :mod:`splatkit.train.regu
 from splatkit.priors import depth_losses  # noqa: F401  (registers the depth regularisers)
 from splatkit.priors import sparse_views  # noqa: F401  (opacity decay, warp consistency, dark backdrop)
 from splatkit.priors import repair  # noqa: F401  (diffusion_repair: GaussianObject-style repair)
+from splatkit.priors import floaters  # noqa: F401  (GaussianObject floater elimination)

@@ -87,10 +87,12 @@ class TrainConfig:
     sh_degree: int = 3
     sh_degree_interval: int = 1000
     """Raise the active SH degree by one every this many steps (3DGS: 1000)."""
-    init: Literal["auto", "sfm", "random", "triangulated"] = "auto"
+    init: Literal["auto", "sfm", "random", "triangulated", "visual_hull"] = "auto"
     """``auto``: SfM points when the scene has them, else random points in the estimated object bounds.
     ``triangulated``: SIFT points matched across the training views and triangulated with their known
-    cameras (pycolmap; random points, with a warning, when fewer than 100 survive)."""
+    cameras (pycolmap; random points, with a warning, when fewer than 100 survive). ``visual_hull``
+    (GaussianObject): ``init_num_points`` points filling the voxels inside every training view's
+    object mask (64^3 voxels over the hull's box); needs masks, used even without ``use_masks``."""
     init_num_points: int = 100_000
     """Number of random initial points (``random`` init)."""
     init_opacity: float = 0.1
@@ -322,7 +324,7 @@ class TrainConfig:
         for name, allowed in (("device", ("auto", "cpu", "cuda")),
                               ("backend", ("auto", "cpu", "torch", "gsplat")),
                               ("background", ("auto", "black", "white", "random")),
-                              ("init", ("auto", "sfm", "random", "triangulated")),
+                              ("init", ("auto", "sfm", "random", "triangulated", "visual_hull")),
                               ("strategy", ("default", "mcmc")),
                               ("color_field_output", ("sigmoid", "sh0")),
                               ("depth_prior_kind", (None, "metric", "depth", "inverse")),
