@@ -113,34 +113,55 @@ std::vector<Level> levels_of(const at::Tensor &res, const at::Tensor &offsets, c
 // rows, in cache) and its outputs stay in cache across the levels.
 constexpr int64_t kBlock = 2048;
 
-// One level, samples [n0, n1): out[n, l, :] = sum_c w_c table[row_c, :]. F as a template
-// parameter for the common F = 2 (the inner loops unroll).
+// One level, samples [n0, n1): out[n, l, :] = s_n sum_c w_c table[row_c, :], s_n = scale[n] (1
+// without a scale). F as a template parameter for the common F = 2 (the inner loops unroll).
 template <int64_t FT>
-inline void encode_level(const float *xp, const float *tp, float *op, const bool *kp, int64_t n0, int64_t n1,
-                         const Level &lv, int64_t l, int64_t L, int64_t Frt, uint64_t mask) {
+inline void encode_level(const float *xp, const float *tp, float *op, const bool *kp, const float *sp, int64_t n0,
+                         int64_t n1, const Level &lv, int64_t l, int64_t L, int64_t Frt, uint64_t mask) {
     const int64_t F = FT > 0 ? FT : Frt;
     int64_t rows[8];
     float w[8];
     for (int64_t n = n0; n < n1; ++n) {
-        if (kp != nullptr && !kp[n]) continue;
+        if (kp != nullptr && !kp[n]) continue;  // masked out: no lookups at all
         float p[3];
         load_point(xp + 3 * n, p);
         corners(p, lv, mask, rows, w);
+        float acc[FT > 0 ? FT : 1] = {};
         float *o = op + n * L * F + l * F;
-        for (int c = 0; c < 8; ++c) {
-            const float *row = tp + rows[c] * F;
-            for (int64_t f = 0; f < F; ++f) o[f] += w[c] * row[f];
+        if constexpr (FT > 0) {
+            for (int c = 0; c < 8; ++c) {
+                const float *row = tp + rows[c] * F;
+                for (int64_t f = 0; f < F; ++f) acc[f] += w[c] * row[f];
+            }
+            const float s = sp != nullptr ? sp[n] : 1.0f;
+            for (int64_t f = 0; f < F; ++f) o[f] = s * acc[f];
+        } else {
+            for (int c = 0; c < 8; ++c) {
+                const float *row = tp + rows[c] * F;
+                for (int64_t f = 0; f < F; ++f) o[f] += w[c] * row[f];
+            }
+            if (sp != nullptr)
+                for (int64_t f = 0; f < F; ++f) o[f] *= sp[n];
         }
     }
 }
 
-// x [N, 3] in [0, 1], table [rows, F] -> [N, L * F]. keep [N] bool (optional, HollowNeRF's
-// saliency mask): samples with keep = false skip their lookups and get zero features.
+// x [N, 3] in [0, 1], table [rows, F] -> [N, L * F]. HollowNeRF's saliency (Xie et al., ICCV 2023),
+// fused: keep [N] bool (optional): samples with keep = false skip their lookups and get zero
+// features; scale [N] (optional): each sample's features are multiplied by its saliency.
 at::Tensor hash_encode_fwd(const at::Tensor &x, const at::Tensor &table, const at::Tensor &res,
                            const at::Tensor &offsets, const at::Tensor &dense, int64_t table_size,
-                           const std::optional<at::Tensor> &keep) {
+                           const std::optional<at::Tensor> &keep, const std::optional<at::Tensor> &scale) {
     check(x, "x");
     check(table, "table");
+    if (keep.has_value()) {
+        check(*keep, "keep", at::kBool);
+        TORCH_CHECK(keep->numel() == x.size(0), "keep must have one value per point");
+    }
+    if (scale.has_value()) {
+        check(*scale, "scale");
+        TORCH_CHECK(scale->numel() == x.size(0), "scale must have one value per point");
+    }
     const auto lv = levels_of(res, offsets, dense);
     const int64_t N = x.size(0), L = (int64_t)lv.size(), F = table.size(1);
     const uint64_t mask = (uint64_t)table_size - 1;
@@ -148,21 +169,26 @@ at::Tensor hash_encode_fwd(const at::Tensor &x, const at::Tensor &table, const a
     const float *xp = x.data_ptr<float>(), *tp = table.data_ptr<float>();
     float *op = out.data_ptr<float>();
     const bool *kp = keep.has_value() ? keep->data_ptr<bool>() : nullptr;
+    const float *sp = scale.has_value() ? scale->data_ptr<float>() : nullptr;
     const int64_t blocks = (N + kBlock - 1) / kBlock;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t b = 0; b < blocks; ++b) {
         const int64_t n0 = b * kBlock, n1 = std::min(N, n0 + kBlock);
         for (int64_t l = 0; l < L; ++l) {
-            if (F == 2) encode_level<2>(xp, tp, op, kp, n0, n1, lv[l], l, L, F, mask);
-            else encode_level<0>(xp, tp, op, kp, n0, n1, lv[l], l, L, F, mask);
+            if (F == 2) encode_level<2>(xp, tp, op, kp, sp, n0, n1, lv[l], l, L, F, mask);
+            else encode_level<0>(xp, tp, op, kp, sp, n0, n1, lv[l], l, L, F, mask);
         }
     }
     return out;
 }
 
+// One level's share of the backward pass. Table: row_c += s_n w_c g (s_n = scale[n] or 1).
+// Saliency (when dp is given): dp[n] = sum_f g_f feat_f, the level's term of d out / d s_n, with
+// feat the unscaled feature (the same corner lookups again).
 template <int64_t FT>
-inline void grad_level(const float *xp, const float *gp, float *gt, const bool *kp, int64_t N, const Level &lv,
-                       int64_t l, int64_t L, int64_t Frt, uint64_t mask) {
+inline void grad_level(const float *xp, const float *gp, const float *tp, float *gt, float *dp, const bool *kp,
+                       const float *sp, int64_t N, const Level &lv, int64_t l, int64_t L, int64_t Frt,
+                       uint64_t mask) {
     const int64_t F = FT > 0 ? FT : Frt;
     int64_t rows[8];
     float w[8];
@@ -172,32 +198,72 @@ inline void grad_level(const float *xp, const float *gp, float *gt, const bool *
         load_point(xp + 3 * n, p);
         corners(p, lv, mask, rows, w);
         const float *g = gp + n * L * F + l * F;
-        for (int c = 0; c < 8; ++c) {
-            float *row = gt + rows[c] * F;
-            for (int64_t f = 0; f < F; ++f) row[f] += w[c] * g[f];
+        const float s = sp != nullptr ? sp[n] : 1.0f;
+        if (gt != nullptr) {
+            for (int c = 0; c < 8; ++c) {
+                float *row = gt + rows[c] * F;
+                const float ws = w[c] * s;
+                for (int64_t f = 0; f < F; ++f) row[f] += ws * g[f];
+            }
+        }
+        if (dp != nullptr) {
+            float dot = 0.0f;
+            for (int c = 0; c < 8; ++c) {
+                const float *row = tp + rows[c] * F;
+                float d = 0.0f;
+                for (int64_t f = 0; f < F; ++f) d += row[f] * g[f];
+                dot += w[c] * d;
+            }
+            dp[n] = dot;
         }
     }
 }
 
-// Gradient of the table: one thread per level (levels own disjoint rows), samples in order.
-at::Tensor hash_encode_bwd(const at::Tensor &x, const at::Tensor &grad_out, int64_t n_rows, const at::Tensor &res,
-                           const at::Tensor &offsets, const at::Tensor &dense, int64_t table_size,
-                           const std::optional<at::Tensor> &keep) {
+// Gradients of the table and (when scale is given and want_scale) of the scale. One thread per
+// level (levels own disjoint rows), samples in order; the scale's per-level terms go to an
+// [L, N] buffer summed over levels in order afterwards: the same bits on any thread count.
+std::tuple<at::Tensor, at::Tensor> hash_encode_bwd(const at::Tensor &x, const at::Tensor &grad_out, int64_t n_rows,
+                                                   const at::Tensor &res, const at::Tensor &offsets,
+                                                   const at::Tensor &dense, int64_t table_size,
+                                                   const std::optional<at::Tensor> &keep,
+                                                   const std::optional<at::Tensor> &scale,
+                                                   const std::optional<at::Tensor> &table, bool want_table,
+                                                   bool want_scale) {
     check(x, "x");
     check(grad_out, "grad_out");
     const auto lv = levels_of(res, offsets, dense);
     const int64_t N = x.size(0), L = (int64_t)lv.size(), F = grad_out.size(1) / L;
     const uint64_t mask = (uint64_t)table_size - 1;
-    at::Tensor grad = at::zeros({n_rows, F}, x.options());
+    if (keep.has_value()) check(*keep, "keep", at::kBool);
+    if (scale.has_value()) check(*scale, "scale");
+    want_scale = want_scale && scale.has_value();
+    TORCH_CHECK(!want_scale || table.has_value(), "the saliency gradient needs the table");
+    if (want_scale) check(*table, "table");
+    at::Tensor grad = want_table ? at::zeros({n_rows, F}, x.options()) : at::zeros({0, F}, x.options());
+    at::Tensor part = want_scale ? at::zeros({L, N}, x.options()) : at::zeros({0}, x.options());
     const float *xp = x.data_ptr<float>(), *gp = grad_out.data_ptr<float>();
-    float *gt = grad.data_ptr<float>();
+    const float *tp = want_scale ? table->data_ptr<float>() : nullptr;
+    float *gt = want_table ? grad.data_ptr<float>() : nullptr;
+    float *pp = want_scale ? part.data_ptr<float>() : nullptr;
     const bool *kp = keep.has_value() ? keep->data_ptr<bool>() : nullptr;
+    const float *sp = scale.has_value() ? scale->data_ptr<float>() : nullptr;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t l = 0; l < L; ++l) {
-        if (F == 2) grad_level<2>(xp, gp, gt, kp, N, lv[l], l, L, F, mask);
-        else grad_level<0>(xp, gp, gt, kp, N, lv[l], l, L, F, mask);
+        float *dp = pp != nullptr ? pp + l * N : nullptr;
+        if (F == 2) grad_level<2>(xp, gp, tp, gt, dp, kp, sp, N, lv[l], l, L, F, mask);
+        else grad_level<0>(xp, gp, tp, gt, dp, kp, sp, N, lv[l], l, L, F, mask);
     }
-    return grad;
+    at::Tensor gscale = want_scale ? at::zeros({N}, x.options()) : at::zeros({0}, x.options());
+    if (want_scale) {
+        float *gs = gscale.data_ptr<float>();
+#pragma omp parallel for schedule(static)
+        for (int64_t n = 0; n < N; ++n) {
+            float acc = 0.0f;
+            for (int64_t l = 0; l < L; ++l) acc += pp[l * N + n];
+            gs[n] = acc;
+        }
+    }
+    return {grad, gscale};
 }
 
 // -- occupancy-grid marching -----------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from splatkit.errors import SplatkitError
 from splatkit.methods import register_method
 from splatkit.methods.base import Batch, Method, ParamHook, RenderOutputs, load_optimizer_state
+from splatkit.models import hollow
 from splatkit.models.hashgrid import HashGridConfig
 from splatkit.models.nerf_field import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, NerfConfig, NerfModel, camera_rays, \
     scene_box
@@ -47,7 +48,8 @@ def nerf_config(cfg, aabb: list[float]) -> NerfConfig:
                             log2_hashmap_size=cfg.nerf_log2_hashmap_size, base_resolution=16,
                             max_resolution=cfg.nerf_max_resolution, seed=cfg.seed),
         occ_resolution=cfg.nerf_occ_resolution, near=float(cfg.near_plane), far=float(cfg.far_plane),
-        march_steps=cfg.nerf_march_steps, cone_angle=float(cfg.nerf_cone_angle))
+        march_steps=cfg.nerf_march_steps, cone_angle=float(cfg.nerf_cone_angle),
+        hollow_resolution=cfg.hollow_resolution if cfg.hollow else 0, hollow_threshold=float(cfg.hollow_threshold))
 
 
 @register_method
@@ -99,15 +101,23 @@ class Nerf(Method):
         if model.config.grid != want.grid or model.config.occ_resolution != want.occ_resolution:
             raise SplatkitError("the checkpoint's hash grid / occupancy grid differ from the config's; "
                                 "they cannot change on resume")
+        def hollow_of(c):
+            return c.hollow_resolution, c.hollow_threshold if c.hollow_resolution else None
+
+        if hollow_of(model.config) != hollow_of(want):
+            raise SplatkitError("the checkpoint's HollowNeRF saliency grid (hollow, hollow_resolution, "
+                                "hollow_threshold) differs from the config's; it cannot change on resume")
         self.model = model
 
     def build_optimizers(self) -> None:
         f = self.model.field
-        mlps = [p for n, p in f.named_parameters() if not n.startswith("grid.")]
-        self.optimizers = {"field": torch.optim.Adam(
-            [{"params": [f.grid.table], "lr": self.config.nerf_lr, "name": "table"},
-             {"params": mlps, "lr": self.config.nerf_lr, "weight_decay": MLP_WEIGHT_DECAY, "name": "mlp"}],
-            eps=ADAM_EPS, foreach=True)}
+        mlps = [p for n, p in f.named_parameters() if not n.startswith(("grid.", "saliency."))]
+        groups = [{"params": [f.grid.table], "lr": self.config.nerf_lr, "name": "table"},
+                  {"params": mlps, "lr": self.config.nerf_lr, "weight_decay": MLP_WEIGHT_DECAY, "name": "mlp"}]
+        if f.saliency is not None:  # the paper trains G with W and H (one Adam; our own LR, hollow_lr)
+            groups.append({"params": [f.saliency.logits], "lr": self.config.hollow_lr, "name": "saliency",
+                           "base_lr": self.config.hollow_lr})
+        self.optimizers = {"field": torch.optim.Adam(groups, eps=ADAM_EPS, foreach=True)}
 
     def load_training_state(self, state: dict) -> None:
         load_optimizer_state(self.optimizers["field"], state["optimizers"]["field"])
@@ -145,6 +155,8 @@ class Nerf(Method):
         if batch.pixels is None:
             raise SplatkitError("the nerf method trains on pixel rays (Nerf.prepare_batch was not called)")
         model = self.model
+        if model.field.saliency is not None:
+            model.field.saliency.set_alpha(step, self.config.steps)
         model.update_occupancy(step, self.config.nerf_occ_every, OCC_THRESHOLD, OCC_WARMUP_STEPS)
         rays_o, rays_d, zscale = camera_rays(batch.viewmats, batch.Ks, batch.width, batch.height, batch.pixels)
         out, self.last_samples = model.render_rays_train(rays_o, rays_d)
@@ -161,19 +173,41 @@ class Nerf(Method):
         return RenderOutputs(colors=renders[..., :3], alphas=alphas, meta=meta,
                              depths=renders[..., 3:4] if with_depth else None)
 
+    def loss_terms(self, step: int, batch: Batch, outputs: RenderOutputs) -> dict[str, torch.Tensor]:
+        sal = self.model.field.saliency
+        if sal is None:
+            return {}
+        cfg = self.config
+        return {"hollow_admm": hollow.admm_penalty(sal.mass(), sal.gamma, cfg.hollow_budget, cfg.hollow_rho)}
+
     def optimizer_step(self, step: int, outputs: RenderOutputs) -> None:
         opt = self.optimizers["field"]
         factor = lr_factor(step, self.config.steps)
         for group in opt.param_groups:
-            group["lr"] = self.config.nerf_lr * factor
+            group["lr"] = group.get("base_lr", self.config.nerf_lr) * factor
         for o in (opt, *self.aux_optimizers.values()):
             o.step()
             o.zero_grad(set_to_none=True)
+        sal = self.model.field.saliency
+        if sal is not None:  # ADMM: the dual ascent step after the primal one (paper)
+            hollow.dual_step(sal.gamma, sal.mass().detach(), self.config.hollow_budget, self.config.hollow_rho)
 
     def train_stats(self) -> dict[str, float]:
         occ = self.model.estimator.binaries
-        return {"samples": self.last_samples, "occupied": float(occ.float().mean()),
-                "lr": self.optimizers["field"].param_groups[0]["lr"]}
+        stats = {"samples": self.last_samples, "occupied": float(occ.float().mean()),
+                 "lr": self.optimizers["field"].param_groups[0]["lr"]}
+        sal = self.model.field.saliency
+        if sal is not None:
+            with torch.no_grad():
+                stats.update({"saliency_mass": float(sal.mass()), "admm_gamma": float(sal.gamma),
+                              "kept_cells": float(sal.kept_cells().float().mean())})
+        return stats
+
+    def summary_stats(self, eval_model) -> dict:
+        """HollowNeRF: what a compact export keeps (table rows, parameters)."""
+        if eval_model.field.saliency is None:
+            return {}
+        return {"hollow_export": eval_model.to_payload(0, None, self.name, compact=True)["hollow_export"]}
 
     @property
     def num_primitives(self) -> int:

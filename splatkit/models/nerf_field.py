@@ -29,6 +29,8 @@ from splatkit.models.hashgrid import HashGrid, HashGridConfig
 from splatkit.render import volume
 from splatkit.render.sh import sh_basis
 
+from splatkit.models import hollow
+
 CHECKPOINT_FORMAT = "splatkit-nerf"
 CHECKPOINT_VERSION = 1
 DIR_SH_DEGREE = 3  # 16 coefficients (tiny-cuda-nn "SphericalHarmonics" degree 4)
@@ -69,6 +71,10 @@ class NerfConfig:
     march_steps: int = 1024  # samples along the box diagonal: step = diagonal / march_steps
     cone_angle: float = 0.0
     early_stop_eps: float = 1e-4  # rendering stops a ray once its transmittance is below this
+    # HollowNeRF (splatkit.models.hollow): saliency grid values per side, 0 for none; samples whose
+    # saliency is below the threshold are pruned (zero features, no lookups).
+    hollow_resolution: int = 0
+    hollow_threshold: float = hollow.KEEP_THRESHOLD
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,6 +96,10 @@ class NerfConfig:
             raise SplatkitError(f"NeRF near/far must satisfy 0 <= near < far; got {self.near}, {self.far}")
         if self.cone_angle < 0:
             raise SplatkitError(f"NeRF cone_angle must be >= 0, got {self.cone_angle}")
+        if self.hollow_resolution == 1 or self.hollow_resolution < 0:
+            raise SplatkitError(f"NeRF hollow_resolution must be 0 (off) or >= 2, got {self.hollow_resolution}")
+        if not 0 < self.hollow_threshold < 1:
+            raise SplatkitError(f"NeRF hollow_threshold must be in (0, 1), got {self.hollow_threshold}")
         self.grid.validate()
 
 
@@ -113,17 +123,23 @@ class NerfField(torch.nn.Module):
         self.color_mlp = _mlp(GEO_FEAT_DIM + (DIR_SH_DEGREE + 1) ** 2, config.hidden_dim,
                               config.color_hidden_layers, 3)
         self.register_buffer("aabb", torch.tensor(config.aabb, dtype=torch.float32), persistent=False)
+        self.saliency: Optional[hollow.SaliencyGrid] = None
+        if config.hollow_resolution > 0:
+            self.saliency = hollow.SaliencyGrid(config.hollow_resolution, config.hollow_threshold)
         self.impl = "auto"  # hash encoding: "cpu" (C++), "torch" (HashGrid), "auto"
 
-    def encode(self, u: Tensor) -> Tensor:
-        """Hash features of points in ``[0, 1]^3``: the C++ kernels on CPU tensors (when built and
-        no gradient to the points is needed), else :class:`HashGrid`."""
+    def encode(self, u: Tensor, keep: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tensor:
+        """Hash features of points in ``[0, 1]^3``, times ``scale [N]`` when given (HollowNeRF's
+        ``v = p f``; ``keep [N]`` false: zero, and no table lookups in the kernel): the C++ kernels
+        on CPU tensors (when built and no gradient to the points is needed), else
+        :class:`HashGrid` (the reference: every sample looked up, then scaled)."""
         if self.impl != "torch" and u.device.type == "cpu" and not u.requires_grad:
             from splatkit.render import nerf_cpu_backend
 
             if self.impl == "cpu" or nerf_cpu_backend.kernels_or_none() is not None:
-                return nerf_cpu_backend.hash_encode(self.grid, u)
-        return self.grid(u)
+                return nerf_cpu_backend.hash_encode(self.grid, u, keep, scale)
+        f = self.grid(u)
+        return f if scale is None else f * scale[:, None].to(f.dtype)
 
     def normalize(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Points in ``[0, 1]^3`` of the box and whether they are inside it."""
@@ -132,8 +148,17 @@ class NerfField(torch.nn.Module):
 
     def _base(self, x: Tensor) -> tuple[Tensor, Tensor]:
         u, inside = self.normalize(x)
-        h = self.density_mlp(self.encode(u))
-        sigma = trunc_exp(h[:, 0] - 1.0) * inside  # nerfacc ngp.py: density outside the box is 0
+        if self.saliency is None:
+            h = self.density_mlp(self.encode(u))
+            sigma = trunc_exp(h[:, 0] - 1.0) * inside  # nerfacc ngp.py: density outside the box is 0
+            return sigma, h[:, 1:]
+        # HollowNeRF: v = p f with p = sigmoid(trilinear(G, u)) (0 for pruned samples), and the
+        # soft zero-skip gate tanh(alpha ||v||) on the density (splatkit.models.hollow).
+        p, keep = self.saliency(u)
+        v = self.encode(u, keep, p * keep)
+        h = self.density_mlp(v)
+        gate = hollow.zero_skip_gate(v, self.saliency.alpha)
+        sigma = gate * trunc_exp(h[:, 0] - 1.0) * inside
         return sigma, h[:, 1:]
 
     def density(self, x: Tensor) -> Tensor:
@@ -316,6 +341,16 @@ class NerfModel(torch.nn.Module):
         self.estimator.train()
         self.estimator.update_every_n_steps(step=step, occ_eval_fn=lambda x: self.field.density(x)[:, None]
                                             * self.step_size, occ_thre=occ_thre, warmup_steps=warmup_steps, n=every)
+        if self.field.saliency is not None and step % every == 0:
+            self.prune_occupancy()
+
+    @torch.no_grad()
+    def prune_occupancy(self) -> None:
+        """HollowNeRF: AND the cells that hold only pruned samples out of the occupancy grid (no
+        samples are marched there; exact, since those samples have zero density)."""
+        est = self.estimator
+        keep = hollow.occupancy_keep(self.field.saliency, self.field.aabb, est.aabbs, tuple(est.binaries.shape[1:]))
+        est.binaries &= keep.to(est.binaries.device)
 
     @torch.no_grad()
     def mark_invisible_cells(self, viewmats: Tensor, Ks: Tensor, width: int, height: int) -> None:
@@ -341,23 +376,58 @@ class NerfModel(torch.nn.Module):
         return torch.cat(pts).cpu().numpy(), torch.cat(wts).cpu().numpy()
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def to_payload(self, step: int, normalization: Optional[dict], method: str) -> dict:
-        return {"step": int(step),
-                "splatkit": {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "method": method,
-                             "normalization": normalization},
-                "nerf": self.config.to_dict(),
-                "state": {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}}
+    def to_payload(self, step: int, normalization: Optional[dict], method: str, compact: bool = False) -> dict:
+        """The model as a checkpoint payload. ``compact`` (HollowNeRF models; exports, not for
+        resuming): hash-table rows only pruned cells reach and saliency values no kept cell reads
+        are dropped (``payload["hollow_export"]`` counts what is left); every rendered value
+        stays the same."""
+        state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
+        payload = {"step": int(step),
+                   "splatkit": {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "method": method,
+                                "normalization": normalization},
+                   "nerf": self.config.to_dict(),
+                   "state": state}
+        if compact and self.field.saliency is not None:
+            sal = self.field.saliency
+            rows = hollow.reached_rows(self.field.grid, sal.kept_cells())
+            needed = sal.needed_vertices().cpu()
+            table = state.pop("field.grid.table")
+            logits = state.pop("field.saliency.logits")
+            state.update({"field.grid.table_kept": rows, "field.grid.table_values": table[rows],
+                          "field.saliency.logits_kept": needed, "field.saliency.logits_values": logits[needed]})
+            mlp = sum(p.numel() for n, p in self.field.named_parameters() if n not in ("grid.table", "saliency.logits"))
+            payload["hollow_export"] = {
+                "table_rows": int(rows.sum()), "table_rows_total": int(rows.numel()),
+                "saliency_values": int(needed.sum()), "saliency_values_total": int(needed.numel()),
+                "parameters": int(rows.sum()) * table.shape[1] + int(needed.sum()) + mlp,
+                "parameters_before": self.num_primitives}
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict, map_location="cpu") -> "NerfModel":
         try:
             config = NerfConfig.from_dict(payload["nerf"])
             model = cls(config)
-            model.load_state_dict(payload["state"])
-        except (KeyError, TypeError, RuntimeError) as exc:
+            state = dict(payload["state"])
+            if "field.grid.table_kept" in state:  # a compact HollowNeRF export: dropped rows read as 0
+                kept = state.pop("field.grid.table_kept")
+                table = torch.zeros_like(model.field.grid.table.data)
+                table[kept] = state.pop("field.grid.table_values")
+                state["field.grid.table"] = table
+                needed = state.pop("field.saliency.logits_kept")
+                # Values no kept cell reads: far below the threshold, so their cells stay pruned.
+                logits = torch.full(needed.shape, PRUNED_LOGIT)
+                logits[needed] = state.pop("field.saliency.logits_values")
+                state["field.saliency.logits"] = logits
+            model.load_state_dict(state)
+        except (KeyError, TypeError, RuntimeError, IndexError) as exc:
             raise SplatkitError(f"not a valid NeRF checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") \
                 from None
         return model.to(map_location)
+
+
+# A dropped saliency value in a compact export (sigmoid ~ 1e-13: pruned, and finite).
+PRUNED_LOGIT = -30.0
 
 
 # nerfacc's examples put the synthetic scenes in [-1.5, 1.5]^3 around objects of radius ~1: a

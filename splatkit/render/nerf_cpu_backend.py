@@ -47,32 +47,36 @@ def _f32(x: Tensor) -> Tensor:
 # -- hash encoding -----------------------------------------------------------------------------------
 class _HashEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, table, plan, keep):
+    def forward(ctx, x, table, scale, plan, keep):
         xf = _f32(x)
+        sf = None if scale is None else _f32(scale)
         args = (plan.res_long, plan.offsets, plan.dense_mask, int(plan.table_size))
-        out = _call("hash_encode_fwd", xf, _f32(table), *args, keep)
-        ctx.save_for_backward(xf)
+        out = _call("hash_encode_fwd", xf, _f32(table), *args, keep, sf)
+        # The table is kept only when the saliency needs a gradient (its term re-reads the rows).
+        ctx.save_for_backward(xf, sf, _f32(table) if ctx.needs_input_grad[2] else None)
         ctx.args, ctx.rows, ctx.keep, ctx.dtype = args, table.shape[0], keep, table.dtype
         return out.to(table.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        (xf,) = ctx.saved_tensors
-        grad = _call("hash_encode_bwd", xf, _f32(g), ctx.rows, *ctx.args, ctx.keep)
-        return None, grad.to(ctx.dtype), None, None
+        xf, sf, tf = ctx.saved_tensors
+        want_t, want_s = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        grad, gscale = _call("hash_encode_bwd", xf, _f32(g), ctx.rows, *ctx.args, ctx.keep, sf, tf, want_t, want_s)
+        return (None, grad.to(ctx.dtype) if want_t else None, gscale.to(ctx.dtype) if want_s else None, None, None)
 
 
-def hash_encode(grid, x: Tensor, keep: Optional[Tensor] = None) -> Tensor:
+def hash_encode(grid, x: Tensor, keep: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tensor:
     """``grid(x)`` (a :class:`~splatkit.models.hashgrid.HashGrid`) with the C++ kernels: same
-    values, gradient to the table only (not to ``x``). ``keep [N]`` bool: samples left out get
-    zero features and cost no lookups (HollowNeRF's saliency mask)."""
+    values, gradient to the table only (not to ``x``). HollowNeRF's saliency, fused: ``keep [N]``
+    bool: samples left out get zero features and cost no lookups; ``scale [N]``: features times
+    each sample's saliency, differentiable (``scale[:, None] * grid(x)``)."""
     plan = grid._get_plan()
     if not hasattr(plan, "res_long"):
         plan.res_long = torch.tensor(grid.resolutions, dtype=torch.int64)
         plan.dense_mask = torch.tensor(plan.dense, dtype=torch.bool)
     k = None if keep is None else keep.to(torch.bool).contiguous()
-    return _HashEncode.apply(x, grid.table, plan, k)
+    return _HashEncode.apply(x, grid.table, scale, plan, k)
 
 
 # -- marching and volume rendering -------------------------------------------------------------------

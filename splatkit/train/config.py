@@ -259,6 +259,22 @@ class TrainConfig:
     """Step growth with distance (0: uniform steps; nerfacc uses 1/256 for unbounded scenes)."""
     nerf_aabb: Optional[list[float]] = None
     """Scene box [xmin, ymin, zmin, xmax, ymax, zmax] (default: from the depth maps or the cameras)."""
+    hollow: bool = False
+    """HollowNeRF pruning (Xie et al., ICCV 2023; nerf method only): a trainable saliency grid scales
+    the hash features, a soft zero-skip gate, and an ADMM pruner that drives the grid's L1 mass
+    under ``hollow_budget`` (splatkit/models/hollow.py)."""
+    hollow_budget: float = 0.04
+    """Budget on the saliency grid's mean sigmoid, a fraction of the box (the paper's C = 0.04)."""
+    hollow_resolution: int = 64
+    """Saliency grid values per side (the paper's T = 64)."""
+    hollow_rho: float = 1e-4
+    """Augmented-Lagrangian penalty and dual step of the ADMM pruner (ours; not given in the paper):
+    small, since the render loss's gradients on the saliency logits are ~1e-9 (splatkit/models/hollow.py)."""
+    hollow_threshold: float = 0.01
+    """Saliency below which a sample is pruned: zero features, no table lookups (ours)."""
+    hollow_lr: float = 0.05
+    """Adam LR of the saliency grid, on the nerf LR schedule (ours: the paper's 1e-2 over 300k steps
+    is too slow to move the grid in a short run)."""
 
     # -- bookkeeping ---------------------------------------------------------------------------
     checkpoint_every: int = 1000
@@ -302,6 +318,7 @@ class TrainConfig:
                                "mcmc_noise_lr", "mcmc_opacity_reg", "mcmc_scale_reg", "mcmc_min_opacity",
                                "nerf_cone_angle"))
         _check_positive(c, ("cap_max",))
+        _check_hollow(c)
         from splatkit.methods import method_class
         from splatkit.methods.plugins import check_plugin_settings, plugin_class, plugin_settings
 
@@ -348,6 +365,16 @@ class TrainConfig:
             if d[k] is not None:
                 d[k] = str(d[k])
         return d
+
+
+def _check_hollow(c: "TrainConfig") -> None:
+    from splatkit.models.hollow import check_settings
+
+    check_settings(c.hollow_budget, c.hollow_resolution, c.hollow_rho, c.hollow_threshold)
+    if not c.hollow_lr > 0:
+        raise SplatkitError(f"hollow_lr must be positive, got {c.hollow_lr}")
+    if c.hollow and c.method != "nerf":
+        raise SplatkitError(f"hollow=true prunes a hash-grid NeRF: it needs --method nerf (got {c.method!r})")
 
 
 def _check_compact(c: TrainConfig) -> None:
