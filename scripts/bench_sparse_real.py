@@ -8,8 +8,12 @@ densification from steps/60 to steps/2, no depth prior):
 
 * ``plain``; ``+opacity_decay`` (Binocular3DGS x0.995 per step, densifying to the end as its
   authors do); ``+warp`` (Binocular3DGS warp consistency); ``+dark_backdrop`` (DTU only);
-  ``+triangulated`` (``init="triangulated"``); ``+dropout`` (DropGaussian); ``all`` (every one that
-  applies to the scene).
+  ``+triangulated`` (``init="triangulated"``); ``+dropout`` (DropGaussian); ``all`` (every one of
+  these that applies to the scene);
+* measured apart and not in ``all``: ``+co_reg`` (CoR-GS: a second field, co-pruning, pseudo-view
+  co-regularisation, about twice a plain run's time; DTU settings of its authors, LLFF's on fern);
+  ``+dark_exclude`` (DTU only: ``dark_backdrop`` with the backdrop also left out of the
+  photometric loss, as CoR-GS does on DTU).
 
 Each run takes ``/tmp/splatkit-heavy.lock`` while it trains (the machine is shared), finished runs
 are reused, so an interrupted measurement continues where it stopped. Pictures (ground truth |
@@ -51,6 +55,15 @@ def variants(steps: int, dtu: bool) -> dict[str, dict]:
         out["+dark_backdrop"] = {"regularizers": ["dark_backdrop"]}
     regs = [r for v in out.values() for r in v.get("regularizers", [])]
     out["all"] = {"regularizers": list(dict.fromkeys(regs)), "refine_stop_iter": steps, "init": "triangulated"}
+    # Measured apart (not in "all"): CoR-GS' second field, and the backdrop left out of the loss.
+    from splatkit.priors.co_regularization import PRUNE_THRESHOLD_LLFF, PSEUDO_START_LLFF
+
+    out["+co_reg"] = {"regularizers": ["co_reg"]} if dtu else {
+        "regularizers": ["co_reg"],
+        "plugins": {"co_reg": {"start": PSEUDO_START_LLFF, "prune_threshold": PRUNE_THRESHOLD_LLFF}}}
+    if dtu:
+        out["+dark_exclude"] = {"regularizers": ["dark_backdrop"],
+                                "plugins": {"dark_backdrop": {"exclude_from_loss": True}}}
     return out
 
 
@@ -142,7 +155,7 @@ views; fern: x8, every 8th image held out, PSNR), {args.steps} steps, seed(s) {a
 over seeds, difference to `plain` in brackets; {done} of {planned} planned runs finished ("-": not
 run yet). `plain` is the `sparse` preset without its plugins (random init of 10k points, SH degree 1,
 no depth prior); every other column adds one technique (see the script's doc), `all` adds all of
-them. Pictures (ground truth | render | error): `OUT/<variant>/images/`.
+them but `+co_reg` and `+dark_exclude`. Pictures (ground truth | render | error): `OUT/<variant>/images/`.
 
 {chr(10).join(lines)}
 

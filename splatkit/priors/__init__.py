@@ -6,4 +6,5 @@ Importing this package registers its regularisers with :mod:`splatkit.train.regu
 from splatkit.priors import depth_losses  # noqa: F401  (registers the depth regularisers)
 from splatkit.priors import sparse_views  # noqa: F401  (opacity decay, warp consistency, dark backdrop)
 from splatkit.priors import repair  # noqa: F401  (diffusion_repair: GaussianObject-style repair)
+from splatkit.priors import co_regularization  # noqa: F401  (co_reg: CoR-GS, two fields trained together)
 from splatkit.priors import floaters  # noqa: F401  (GaussianObject floater elimination)

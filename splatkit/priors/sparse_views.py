@@ -11,7 +11,11 @@
 * ``dark_backdrop`` — DTU's dark room, as DNGaussian (Li et al., CVPR 2024, ``train_dtu.py``) and
   Binocular3DGS treat it: a pixel is backdrop when its brightest channel is below 30/255 and so
   are the 49 pixels above it; rendered alpha there is penalised (Binocular3DGS: ``mean(|alpha| *
-  mask)``, weight 1), so the splats leave the backdrop to the (black) background colour.
+  mask)``, weight 1), so the splats leave the backdrop to the (black) background colour. With
+  ``exclude_from_loss`` the backdrop is also left out of the photometric loss (its per-pixel
+  weights are the mask's complement), as CoR-GS' DTU runs do (``loss_photometric(..., valid=
+  ~bg_mask)`` in ``jiaw-z/CoR-GS`` ``train.py``); DNGaussian and Binocular3DGS keep it in (off by
+  default).
 
 Constants are those of the authors' code (``hanl2010/Binocular3DGS`` ``train.py``,
 ``utils/loss_utils.py``, ``scene/__init__.py``; ``Fictionarry/DNGaussian`` ``train_dtu.py``).
@@ -20,6 +24,7 @@ Constants are those of the authors' code (``hanl2010/Binocular3DGS`` ``train.py`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -193,9 +198,14 @@ class WarpConsistency(Plugin):
 @register_plugin
 class DarkBackdrop(Plugin):
     """DTU's dark backdrop (module doc): rendered alpha on dark backdrop pixels is penalised,
-    ``weight x mean(alpha x mask)`` over the image (Binocular3DGS' form and weight)."""
+    ``weight x mean(alpha x mask)`` over the image (Binocular3DGS' form and weight); with
+    ``exclude_from_loss`` the backdrop's photometric weights are 0 (CoR-GS)."""
 
     name = "dark_backdrop"
+
+    def __init__(self, config, settings=None) -> None:
+        super().__init__(config, settings)
+        self._mask: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (images, their mask): once per step
 
     def setup(self, state: TrainState) -> None:
         from splatkit.methods.scoring import background_for
@@ -212,9 +222,22 @@ class DarkBackdrop(Plugin):
         """A backdrop pixel's brightest channel is below this (DNGaussian: 30/255; 15/255 for scan 110)."""
         run: int = in_range(DARK_RUN, 1)
         """... and so are the run - 1 pixels above it."""
+        exclude_from_loss: bool = False
+        """Leave the backdrop out of the photometric loss (CoR-GS: yes; DNGaussian, Binocular3DGS: no)."""
 
-    def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
+    def backdrop(self, step: int, batch: Batch) -> torch.Tensor:
+        """The step's backdrop mask ``[B, H, W, 1]`` (1 = backdrop), computed once per step."""
         if batch.pixels is not None:
             raise SplatkitError(f"{self.name} needs whole rendered views, not a batch of rays")
-        mask = dark_backdrop_mask(batch.images, self.settings.threshold, self.settings.run)
+        if self._mask is None or self._mask[0] is not batch.images:
+            self._mask = (batch.images, dark_backdrop_mask(batch.images, self.settings.threshold, self.settings.run))
+        return self._mask[1]
+
+    def photometric_weights(self, step: int, batch: Batch):
+        if not self.settings.exclude_from_loss:
+            return None
+        return 1.0 - self.backdrop(step, batch)
+
+    def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
+        mask = self.backdrop(step, batch)
         return self.settings.weight * (outputs.alphas.abs() * mask).mean()
