@@ -18,6 +18,7 @@ setup(
     package_dir=DATA_PACKAGES,
     package_data={
         "splatkit": ["py.typed"],
+        "splatkit.priors.repair": ["weights/*.safetensors", "weights/*.json"],  # the `ours` repair model's base weights
         "splatkit._configs": ["*.json"],
         "splatkit._splits": ["*.json"],
         "splatkit._cpu_sources": ["*.cpp", "*.h"],
