@@ -325,7 +325,7 @@ def run_one(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, say) -
     return record
 
 
-def _render_test_views(run_dir: Path, limit: Optional[int] = None):
+def render_test_views(run_dir: Path, limit: Optional[int] = None):
     from splatkit.methods.scoring import render_views, settings_for
     from splatkit.train.run import Run
 
@@ -343,7 +343,7 @@ def write_side_by_side(spec: BenchmarkSpec, case: BenchCase, method: str, seed: 
     from splatkit.data.imageio_utils import write_image
 
     out = []
-    for vid, scene, pos, rgb in _render_test_views(run_dir, SIDE_BY_SIDE_VIEWS):
+    for vid, scene, pos, rgb in render_test_views(run_dir, SIDE_BY_SIDE_VIEWS):
         gt = scene.images[pos]
         err = np.clip(np.abs(rgb - gt) * 4.0, 0.0, 1.0)  # x4 so small errors are visible
         path = spec.out / "images" / case.name / f"{method}_seed{seed}_view{vid:03d}.png"

@@ -149,6 +149,11 @@ class DiffusionRepair(Plugin):
         s, st = self.settings, self.state
         if self.model is None:
             self.model = self._load_model()
+        if s.tune_steps == 0:  # the model as loaded (ours: the pretrained base): no pairs needed
+            self._say(f"using {self.model.name} as loaded (tune_steps 0)")
+            self.report = {"pairs": {}, "pair_seconds": 0.0, "tune_seconds": 0.0, "tune": {}, "at_step": step}
+            self.tuned = True
+            return
         t0 = time.perf_counter()
         pairs, report = generate_pairs(st.method, st.scene, self.config, background=self._background(),
                                        scene_scale=st.scene_scale, loo_steps=s.loo_steps, noise_draws=s.noise_draws,
@@ -185,6 +190,13 @@ class DiffusionRepair(Plugin):
         self.report.setdefault("repair_seconds_per_view", []).append((time.perf_counter() - t0) / len(views))
         self._say(f"step {step}: {len(views)} pseudo views repaired ({(time.perf_counter() - t0) / len(views):.2f} s each)")
         self._write_picture(step, renders, self.pseudo["images"])
+        if self.state.run_dir is not None:
+            import json
+
+            from splatkit.utils.atomic import write_text_atomic
+
+            write_text_atomic(self.state.run_dir / "repair" / "report.json",
+                              json.dumps({"model": self.model.name, **self.report}, indent=1))
 
     def _write_picture(self, step: int, renders: list, repaired: torch.Tensor, columns: int = 5) -> None:
         """``RUN/repair/step_NNNNNN.png``: renders before repair (top) over their repairs (bottom),

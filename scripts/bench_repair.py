@@ -1,0 +1,169 @@
+"""Diffusion repair (GaussianObject-style, ``diffusion_repair``): the ``sparse-repair`` preset
+against the same preset without the repair (``sparse``), on the synthetic suite (200x150, the
+suite's degraded depth priors) and the real DTU scans of ``../shared/data`` (masked DTU protocol),
+at 3 / 4 / 9 training views, several seeds; the time each stage of the repair takes; and the
+repair model's effect on its own: the ``sparse`` run's renders of the test views, repaired by the
+model the ``sparse-repair`` run fine-tuned, scored against the photos, with pictures
+(render | repaired | ground truth).
+
+Runs are ``splatkit benchmark`` runs (``run_one``: same configs, same scoring, finished runs
+reused, so an interrupted measurement continues where it stopped).
+
+    .venv/bin/python scripts/bench_repair.py [--scenes object0,scan65] [--views 3,4] [--seeds 0,1,2]
+        [--steps 1000] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchdoc import load_average, machine_info, mean_std, write_section  # noqa: E402
+
+SECTION = "bench_repair"
+SHARED = ROOT.parent / "shared" / "data"
+BASE, REPAIR = "sparse", "sparse-repair"
+
+
+def case_for(name: str, views: int, out: Path):
+    from splatkit.eval.benchmark import dtu_cases, synthetic_cases
+
+    if name.startswith("object"):
+        (case,) = synthetic_cases(out / "data", [name[len("object"):]], views)
+        return "synthetic", case
+    if name.startswith("scan"):
+        folder = SHARED / f"dtu_{name}"
+        if not folder.is_dir():
+            return None, None
+        (case,) = dtu_cases(SHARED, [name[len("scan"):]], views)
+        return "dtu", dataclasses.replace(case, name=name)
+    raise SystemExit(f"unknown scene {name!r} (objectN or scanN)")
+
+
+def post_repair(repair_run: Path, base_run: Path, pictures: Path, limit: int = 4) -> dict:
+    """The repair model fine-tuned in ``repair_run``, applied to ``base_run``'s test renders:
+    PSNR (masked on DTU-style scenes) before and after against the photos; pictures."""
+    import torch
+
+    from splatkit.data.imageio_utils import write_image
+    from splatkit.eval.benchmark import render_test_views
+    from splatkit.metrics import masked_psnr, psnr
+    from splatkit.priors.repair.base import load_repair_model
+    from splatkit.train.run import Run
+    from splatkit.utils.checkpoint import read_payload
+
+    run = Run.open(repair_run)
+    state = read_payload(run.checkpoints()[-1], "cpu")["trainer"]["plugins"]["diffusion_repair"]
+    settings = json.loads((repair_run / "config.json").read_text()).get("plugins", {}).get("diffusion_repair", {})
+    model = load_repair_model(settings.get("model", "ours"), device="cpu")
+    model.load_state_dict(state["model"] or {})
+    before, after = [], []
+    gen = torch.Generator().manual_seed(0)
+    for k, (vid, scene, pos, rgb) in enumerate(render_test_views(base_run)):
+        fixed = model.repair(torch.as_tensor(rgb, dtype=torch.float32)[None], strength=0.5, generator=gen)[0].numpy()
+        gt = scene.images[pos]
+        score = (lambda x: masked_psnr(x, gt, scene.masks[pos])) if scene.masks is not None else (lambda x: psnr(x, gt))
+        before.append(score(rgb))
+        after.append(score(fixed))
+        if k < limit:
+            write_image(pictures / f"view{vid:03d}.png", np.concatenate([rgb, fixed, gt], axis=1))
+    return {"before": float(np.mean(before)), "after": float(np.mean(after))}
+
+
+def main() -> None:
+    from splatkit.eval.benchmark import BenchmarkSpec, run_one
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", default="object0,object1,scan65,scan37")
+    parser.add_argument("--views", default="3,4")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--set", nargs="*", default=[], help="extra diffusion_repair settings KEY=JSON")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "repair")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    views_list = [int(v) for v in args.views.split(",") if v]
+    extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    tag = "_".join(f"{k}-{v}" for k, v in sorted(extra.items()))
+    load = load_average()
+    rows: dict[tuple[str, int], dict] = {}
+    for scene in [s for s in args.scenes.split(",") if s]:
+        for views in views_list:
+            suite, case = case_for(scene, views, args.out)
+            if case is None:
+                print(f"{scene}: not found under {SHARED}; skipped")
+                continue
+            metric = "masked_psnr" if suite in ("dtu", "synthetic") else "psnr"
+            row = rows.setdefault((scene, views), {"metric": metric, BASE: [], REPAIR: [], "post": [], "times": []})
+            for seed in seeds:
+                recs = {}
+                for preset in (BASE, REPAIR):
+                    over = {"preview_every": 0}
+                    if preset == REPAIR and extra:
+                        over["plugins"] = {"diffusion_repair": extra}
+                    # Runs with other repair settings get their own folders (finished runs are reused).
+                    out = args.out / f"{views}v" / (tag if preset == REPAIR and tag else "")
+                    spec = BenchmarkSpec(suite=suite, out=out, views=views, steps=args.steps, device="cpu",
+                                         overrides=over)
+                    recs[preset] = run_one(spec, case, preset, seed, print)
+                    row[preset].append(recs[preset]["mean"][metric])
+                rep_run, base_run = Path(recs[REPAIR]["run"]), Path(recs[BASE]["run"])
+                report_file = rep_run / "repair" / "report.json"
+                if report_file.is_file():
+                    rep = json.loads(report_file.read_text())
+                    row["times"].append((rep["pair_seconds"], rep["tune_seconds"],
+                                         float(np.mean(rep["repair_seconds_per_view"])),
+                                         recs[REPAIR]["train_time_s"], recs[BASE]["train_time_s"]))
+                row["post"].append(post_repair(rep_run, base_run, args.out / "pictures" / f"{scene}_{views}v_seed{seed}"))
+                text = report(args, rows, load)
+                if args.write:
+                    write_section(SECTION, text)
+    print(report(args, rows, load))
+
+
+def report(args, rows, load) -> str:
+    lines = ["| scene | views | metric | `sparse` | `sparse-repair` | gain | repair alone: before -> after (test renders of `sparse`) |",
+             "|---|---|---|---|---|---|---|"]
+    tlines = ["| scene | views | pairs (s) | fine-tune (s) | repair per view (s) | run with repair (min) | run without (min) |",
+              "|---|---|---|---|---|---|---|"]
+    for (scene, views), r in rows.items():
+        base, rep = r[BASE], r[REPAIR]
+        n = min(len(base), len(rep))
+        gains = [b - a for a, b in zip(base[:n], rep[:n])]
+        post = "; ".join(f"{p['before']:.2f} -> {p['after']:.2f}" for p in r["post"])
+        lines.append(f"| {scene} | {views} | {r['metric'].replace('_', ' ')} | {mean_std(base)} | {mean_std(rep)} | "
+                     f"{('+' if np.mean(gains) >= 0 else '') + mean_std(gains) if gains else '-'} | {post or '-'} |")
+        if r["times"]:
+            t = np.mean(np.array(r["times"], dtype=float), axis=0)
+            tlines.append(f"| {scene} | {views} | {t[0]:.0f} | {t[1]:.0f} | {t[2]:.2f} | {t[3] / 60:.1f} | {t[4] / 60:.1f} |")
+    return f"""## Diffusion repair (GaussianObject-style) against the same preset without it
+
+`python scripts/bench_repair.py --scenes {args.scenes} --views {args.views} --steps {args.steps} --seeds
+{args.seeds}{' --set ' + ' '.join(args.set) if args.set else ''} --write` on {machine_info()}; load average
+{'unknown' if load is None else f'{load:.1f}'} at the start (a shared machine: times are upper bounds).
+`sparse-repair` is `sparse` plus `diffusion_repair` with the model `ours` (the compact network shipped
+with splatkit, fine-tuned per scene on the scene's own pairs); both {args.steps} steps, same seeds;
+mean ± std over seeds; gain = per-seed difference. Synthetic objects: 200x150, the suite's degraded
+depth priors; DTU: 400x300, protocol views, masked PSNR over the protocol's test views. "Repair alone":
+the `sparse` run's test renders repaired by the fine-tuned model (strength 0.5) against the photos,
+one entry per seed; pictures render | repaired | ground truth in `outputs/bench/repair/pictures/`.
+
+{chr(10).join(lines)}
+
+Time per stage (mean over seeds):
+
+{chr(10).join(tlines)}
+"""
+
+
+if __name__ == "__main__":
+    main()
