@@ -10,11 +10,14 @@ setup:
 demo: setup
 	@$(PY) -m splatkit.cli.main demo
 
+# One thread per test process: the tests' tensors are small, and on a busy machine torch's idle
+# OpenMP threads spinning against other processes slowed them ~20x (tests/test_repair_plugin.py: 165 s
+# with 2 threads, 8 s with 1, on this 2-core machine while a benchmark ran).
 test: setup
-	@$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	@OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 test-fast: setup
-	@$(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
+	@OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf outputs build .pytest_cache

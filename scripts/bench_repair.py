@@ -125,8 +125,8 @@ def main() -> None:
                                          recs[REPAIR]["train_time_s"], recs[BASE]["train_time_s"]))
                 row["post"].append(post_repair(rep_run, base_run, args.out / "pictures" / f"{scene}_{views}v_seed{seed}"))
                 text = report(args, rows, load)
-                if args.write:
-                    write_section(SECTION, text)
+                if args.write:  # one section per setting of the repair, so variants stand side by side
+                    write_section(SECTION + (f"_{tag}" if tag else ""), text)
     print(report(args, rows, load))
 
 
@@ -145,7 +145,8 @@ def report(args, rows, load) -> str:
         if r["times"]:
             t = np.mean(np.array(r["times"], dtype=float), axis=0)
             tlines.append(f"| {scene} | {views} | {t[0]:.0f} | {t[1]:.0f} | {t[2]:.2f} | {t[3] / 60:.1f} | {t[4] / 60:.1f} |")
-    return f"""## Diffusion repair (GaussianObject-style) against the same preset without it
+    title = f" ({', '.join(args.set)})" if args.set else ""
+    return f"""## Diffusion repair (GaussianObject-style) against the same preset without it{title}
 
 `python scripts/bench_repair.py --scenes {args.scenes} --views {args.views} --steps {args.steps} --seeds
 {args.seeds}{' --set ' + ' '.join(args.set) if args.set else ''} --write` on {machine_info()}; load average

@@ -230,7 +230,11 @@ def test_training_with_repair_writes_pictures_and_resumes_exactly(scene_dir, tmp
     assert "diffusion_repair" in log[5] and log[5]["diffusion_repair"] > 0  # step 6: pseudo views on
     assert "diffusion_repair" not in log[2]  # before start (step 4 of 8)
     assert blur_model[0].tuned_on == {"loo": 9, "noise": 3, "identity": 3}
-    assert sorted(p.name for p in (tmp_path / "full" / "repair").iterdir()) == ["step_000004.png", "step_000006.png"]
+    written = sorted(p.name for p in (tmp_path / "full" / "repair").iterdir())
+    assert written == ["report.json", "step_000004.png", "step_000006.png"]
+    report = json.loads((tmp_path / "full" / "repair" / "report.json").read_text())
+    assert report["model"] == "blur" and report["pairs"] == {"loo": 9, "noise": 3, "identity": 3}
+    assert len(report["repair_seconds_per_view"]) == 2  # one entry per refresh
 
     def stop_at_6(trainer, step):
         if step == 6:
@@ -251,3 +255,12 @@ def test_repair_settings_are_checked(scene_dir, tmp_path, blur_model):
 
     with pytest.raises(SplatkitError, match="min_strength"):
         Trainer(_config(scene_dir, tmp_path / "r", 4, min_strength=0.9, max_strength=0.5), quiet=True).train()
+
+
+def test_tune_steps_zero_uses_the_model_as_loaded_without_pairs(scene_dir, tmp_path, blur_model):
+    from splatkit.train.trainer import Trainer
+
+    Trainer(_config(scene_dir, tmp_path / "t0", 6, tune_steps=0), quiet=True).train()
+    assert blur_model[0].tuned_on is None  # never fine-tuned, no pairs generated
+    report = json.loads((tmp_path / "t0" / "repair" / "report.json").read_text())
+    assert report["pairs"] == {} and report["pair_seconds"] == 0.0
