@@ -12,7 +12,7 @@ demo: setup
 
 # One thread per test process: the tests' tensors are small, and on a busy machine torch's idle
 # OpenMP threads spinning against other processes slowed them ~20x (tests/test_repair_plugin.py: 165 s
-# with 2 threads, 8 s with 1, on this 2-core machine while a benchmark ran).
+# with 2 threads while five other jobs ran, 8 s with 1 thread beside one benchmark; 2 cores).
 test: setup
 	@OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
