@@ -383,7 +383,8 @@ def main(argv=None) -> None:
             "ssim_weight": args.ssim_weight, "loss_first": first, "loss_last": last,
             "seconds_pairs": round(gen_seconds, 1), "seconds_train": round(t_train, 1), "threads": args.threads,
         }
-        sha = write_weights(out, model.unet, info={"made_by": info["made_by"], "seed": str(args.seed)})
+        sha = write_weights(out, model.unet, info={"made_by": info["made_by"], "seed": str(args.seed),
+                                                   "resolution": f"{args.size[0]}x{args.size[1]}"})
         rep.say(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, sha256 {sha[:12]}); loss {first:.4f} -> {last:.4f} "
                 f"in {t_train:.0f} s")
     else:  # scoring existing weights: how they were made comes from the JSON beside them

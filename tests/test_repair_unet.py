@@ -169,3 +169,19 @@ def test_state_of_another_base_is_refused(tmp_path):
     write_weights(path, _tiny().unet)
     with pytest.raises(SplatkitError, match="other base weights"):
         UNetRepairModel.load(path).load_state_dict(state)
+
+
+def test_large_renders_are_repaired_at_the_pretraining_height():
+    model = load_repair_model("ours")
+    assert model.options["work_height"] == 75  # the shipped weights were pretrained at 100x75
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(1, 150, 200, 3, generator=g)
+    out = model.repair(img, strength=1.0)
+    # The same as repairing the area-downsampled render and adding the upsampled residual.
+    x = img.permute(0, 3, 1, 2)
+    small = F.interpolate(x, size=(75, 100), mode="area")
+    residual = F.interpolate(model.net(small), size=(150, 200), mode="bilinear", align_corners=False)
+    want = (x + residual).clamp(0, 1).permute(0, 2, 3, 1)
+    assert torch.allclose(out, want, atol=1e-6)
+    full = load_repair_model("ours", work_height=0).repair(img, strength=1.0)  # 0: at full size
+    assert not torch.allclose(full, out, atol=1e-3)
