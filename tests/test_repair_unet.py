@@ -172,8 +172,8 @@ def test_state_of_another_base_is_refused(tmp_path):
 
 
 def test_large_renders_are_repaired_at_the_pretraining_height():
-    model = load_repair_model("ours")
-    assert model.options["work_height"] == 75  # the shipped weights were pretrained at 100x75
+    model = load_repair_model("ours", work_height=None)
+    assert model.options["work_height"] == 75  # None: the height the shipped weights were pretrained at
     g = torch.Generator().manual_seed(3)
     img = torch.rand(1, 150, 200, 3, generator=g)
     out = model.repair(img, strength=1.0)
@@ -183,5 +183,5 @@ def test_large_renders_are_repaired_at_the_pretraining_height():
     residual = F.interpolate(model.net(small), size=(150, 200), mode="bilinear", align_corners=False)
     want = (x + residual).clamp(0, 1).permute(0, 2, 3, 1)
     assert torch.allclose(out, want, atol=1e-6)
-    full = load_repair_model("ours", work_height=0).repair(img, strength=1.0)  # 0: at full size
+    full = load_repair_model("ours").repair(img, strength=1.0)  # the default, 0: at full size
     assert not torch.allclose(full, out, atol=1e-3)
