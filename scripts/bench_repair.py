@@ -146,16 +146,18 @@ def report(args, rows, load) -> str:
             t = np.mean(np.array(r["times"], dtype=float), axis=0)
             tlines.append(f"| {scene} | {views} | {t[0]:.0f} | {t[1]:.0f} | {t[2]:.2f} | {t[3] / 60:.1f} | {t[4] / 60:.1f} |")
     title = f" ({', '.join(args.set)})" if args.set else ""
+    tuned = (", used as shipped: no per-scene fine-tune" if "tune_steps=0" in args.set
+             else ", fine-tuned per scene on the scene's own pairs")
     return f"""## Diffusion repair (GaussianObject-style) against the same preset without it{title}
 
 `python scripts/bench_repair.py --scenes {args.scenes} --views {args.views} --steps {args.steps} --seeds
 {args.seeds}{' --set ' + ' '.join(args.set) if args.set else ''} --write` on {machine_info()}; load average
 {'unknown' if load is None else f'{load:.1f}'} at the start (a shared machine: times are upper bounds).
 `sparse-repair` is `sparse` plus `diffusion_repair` with the model `ours` (the compact network shipped
-with splatkit, fine-tuned per scene on the scene's own pairs); both {args.steps} steps, same seeds;
+with splatkit{tuned}); both {args.steps} steps, same seeds;
 mean ± std over seeds; gain = per-seed difference. Synthetic objects: 200x150, the suite's degraded
 depth priors; DTU: 400x300, protocol views, masked PSNR over the protocol's test views. "Repair alone":
-the `sparse` run's test renders repaired by the fine-tuned model (strength 0.5) against the photos,
+the `sparse` run's test renders repaired by the run's repair model (strength 0.5) against the photos,
 one entry per seed; pictures render | repaired | ground truth in `outputs/bench/repair/pictures/`.
 
 {chr(10).join(lines)}
