@@ -79,10 +79,9 @@ DEFAULT_FINE_TUNE: dict[str, Any] = {
     "ssim_weight": 0.2,  # 3DGS's D-SSIM weight
     # Image height the network works at: larger renders are repaired at this height and the
     # residual is upsampled (None: the height the weights were pretrained at; 0: full size).
-    # Full size by default: on synthetic object 0 (200x150, 3 views, seeds 0-2) the sparse-repair
-    # preset gained +0.39 / +0.22 / -0.06 dB masked PSNR at full size and +0.24 / +0.02 / -0.19 at the
-    # pretraining height, although that height repairs the test renders themselves better (+0.27 /
-    # +0.17 vs +0.08 / -0.06 dB on seeds 0 and 1, strength 0.5).
+    # Full size by default: on synthetic object 0 (200x150, 3 views) the sparse-repair preset gained
+    # less at the pretraining height in a trial (configs/README.md), though that height repairs the
+    # test renders on their own a little better.
     "work_height": 0,
 }
 # The shipped weights were pretrained on 100x75 renders (repair_unet.json's command).
