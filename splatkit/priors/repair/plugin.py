@@ -111,6 +111,7 @@ class DiffusionRepair(Plugin):
         self.tuned = False
         self.report: dict = {}
         self.pseudo: Optional[dict] = None  # cameras (tensors), repaired images (uint8), weights
+        self._bg: Optional[torch.Tensor] = None
 
     # -- schedule -------------------------------------------------------------------------------
     def ratio(self, step: int) -> float:
@@ -127,12 +128,14 @@ class DiffusionRepair(Plugin):
             say(f"{self.name}: {msg}")
 
     def _background(self) -> torch.Tensor:
-        from splatkit.methods.scoring import background_for
+        """The pseudo views' background, made once (it is read at every step of the repair phase)."""
+        if self._bg is None:
+            from splatkit.methods.scoring import background_for
 
-        # A random training background has no single colour for pseudo views: black then.
-        if self.config.background == "random":
-            return torch.zeros(3, device=self.state.device)
-        return torch.from_numpy(background_for(self.config)).float().to(self.state.device)
+            # A random training background has no single colour for pseudo views: black then.
+            self._bg = (torch.zeros(3, device=self.state.device) if self.config.background == "random"
+                        else torch.from_numpy(background_for(self.config)).float().to(self.state.device))
+        return self._bg
 
     def _load_model(self):
         s = self.settings
