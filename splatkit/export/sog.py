@@ -84,15 +84,17 @@ def _grid_size(n: int) -> tuple[int, int]:
 
 
 def _codebook_1d(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(256 sorted centroids, uint8 labels shaped as ``values``): 1-D k-means."""
+    """(256 sorted centroids, uint8 labels shaped as ``values``): 1-D k-means, each value then labelled
+    with its nearest entry (the reference's quantize1d does the same; k-means' own labels come from
+    float32 ``cdist``, whose rounding picks the farther of two close entries now and then)."""
     flat = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(-1, 1))
-    cent, labels = weighted_kmeans(flat, torch.ones(flat.shape[0]), CODEBOOK_SIZE, iters=KMEANS_ITERS)
-    order = torch.argsort(cent[:, 0])
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(len(order))
-    cb = cent[order, 0].numpy().astype(np.float64)
+    cent, _ = weighted_kmeans(flat, torch.ones(flat.shape[0]), CODEBOOK_SIZE, iters=KMEANS_ITERS)
+    cb = np.sort(cent[:, 0].numpy().astype(np.float64))
     cb = np.concatenate([cb, np.full(CODEBOOK_SIZE - len(cb), cb[-1])])  # fewer distinct values than 256
-    return cb, rank[labels].numpy().astype(np.uint8).reshape(values.shape)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    i = np.clip(np.searchsorted(cb, v), 1, CODEBOOK_SIZE - 1)
+    labels = np.where(np.abs(v - cb[i - 1]) <= np.abs(v - cb[i]), i - 1, i)
+    return cb, labels.astype(np.uint8).reshape(values.shape)
 
 
 def _log_transform(x: np.ndarray) -> np.ndarray:
