@@ -9,7 +9,8 @@ SH degree; the scene's 4x4 normalisation matrix; free JSON metadata.
 File layout (all integers little-endian)::
 
     offset 0   4 bytes   magic b"SKZ1"
-           4   u16       format version: 1, or 2 when a section uses ``q_affine`` (reads both)
+           4   u16       format version: 1; 2 when a section uses ``q_affine``; 3 when one is
+                         delta-coded (reads all three)
            6   u32       M = manifest length in bytes
           10   M bytes   manifest: UTF-8 JSON object (below)
       10 + M   ...       the sections' zstd frames, back to back, in manifest order
@@ -62,6 +63,13 @@ Encoding choices and their precision:
   <= (max - min) / (2 * (2**bits - 1)). Positions then use the same per-axis box as ``f16_affine``
   does implicitly. Values already on such a grid (decoded from a file) are stored again exactly, so
   reading and re-writing a file does not quantise twice. ``splatkit compress`` writes these.
+* A per-Gaussian ``q_affine`` section may be delta-coded (``params["delta"] = true``, version 3):
+  along the Gaussians (Morton order, so neighbours are near in space and alike) each stored value
+  is the zig-zag code of its difference to the previous one, wrapped to the dtype's width
+  (``zz(d) = 2d`` for ``d >= 0``, ``-2d - 1`` below). The writer codes a section both ways and keeps
+  the smaller frame: on a compressed 400x300 scene deltas take about 7% off the file (positions,
+  scales, rotations and DC colour each lose 5-10%; zstd is already within a few percent of the
+  columns' order-0 entropy, so this is what a better entropy coder alone would not give).
 * Plain scales / quats / sh0 / shN, codebooks, MLP weights: IEEE fp16 (relative error <= 2**-11).
 * Colour-field tensors are min/max quantised to ``levels + 1`` values (``levels = 2**bits - 1``,
   ``bits = config["quantize_bits"]``, 8 when absent; error <= (max - min) / (2 * levels)) when
@@ -101,8 +109,9 @@ from splatkit.render.sh import MAX_SH_DEGREE
 from splatkit.utils.atomic import write_bytes_atomic
 
 MAGIC = b"SKZ1"
-FORMAT_VERSION = 2  # the newest this module reads; it writes 1 unless a section needs q_affine
+FORMAT_VERSION = 3  # the newest this module reads; it writes the oldest version that holds the file
 QUANT_VERSION = 2  # the first version with q_affine sections
+DELTA_VERSION = 3  # the first version with delta-coded q_affine sections
 QUANT_ATTRIBUTES = ("means", "sh0", "scales", "quats", "shN")
 MAX_QUANT_BITS = 16
 MAX_QUANT_COLUMNS = 4096  # q_affine params list one min and one max per column
@@ -444,6 +453,23 @@ def quantize_columns(a: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
     return q.astype(dtype).reshape(a64.shape), {"bits": int(bits), "min": lo.tolist(), "max": hi.tolist()}
 
 
+def _delta_encode(q: np.ndarray) -> np.ndarray:
+    """Zig-zag codes of the differences along axis 0 (the first row against 0), wrapped to the
+    dtype's width; :func:`_delta_decode` inverts it exactly for any input."""
+    width = 8 * q.dtype.itemsize
+    d = np.diff(q.astype(np.int64), axis=0, prepend=np.zeros((1,) + q.shape[1:], np.int64))
+    half = 1 << (width - 1)
+    d = (d + half) % (1 << width) - half  # the wrapped difference in [-half, half)
+    return np.where(d >= 0, 2 * d, -2 * d - 1).astype(q.dtype)
+
+
+def _delta_decode(z: np.ndarray) -> np.ndarray:
+    width = 8 * z.dtype.itemsize
+    z64 = z.astype(np.int64)
+    d = np.where(z64 % 2 == 0, z64 // 2, -(z64 + 1) // 2)
+    return (np.cumsum(d, axis=0) % (1 << width)).astype(z.dtype)
+
+
 def dequantize_columns(q: np.ndarray, params: dict) -> np.ndarray:
     """float64 values of a ``q_affine`` array (``params`` as :func:`quantize_columns` returns)."""
     levels = (1 << params["bits"]) - 1
@@ -461,8 +487,9 @@ def _u8_to_logit(u: np.ndarray) -> np.ndarray:
 
 
 # -- writing ------------------------------------------------------------------------------------
-def skz_to_bytes(compact: CompactSplats, level: int = DEFAULT_LEVEL) -> tuple[bytes, dict]:
-    """Encode ``compact`` as ``.skz`` bytes. Returns (bytes, size report as in :func:`write_skz`)."""
+def skz_to_bytes(compact: CompactSplats, level: int = DEFAULT_LEVEL, delta: bool = True) -> tuple[bytes, dict]:
+    """Encode ``compact`` as ``.skz`` bytes. Returns (bytes, size report as in :func:`write_skz`).
+    ``delta=False`` never delta-codes (a file version-2 readers can open)."""
     if not _is_int(level) or not 1 <= level <= 22:
         raise SplatkitError(f"zstd level must be an integer in 1..22, got {level!r}")
     if not isinstance(compact, CompactSplats):
@@ -528,6 +555,11 @@ def skz_to_bytes(compact: CompactSplats, level: int = DEFAULT_LEVEL) -> tuple[by
     for name, encoding, arr, params in plan:
         raw = _shuffle(arr)
         frame = cctx.compress(raw)
+        if delta and encoding == "q_affine" and "/" not in name and arr.shape[0] > 1:  # per-Gaussian rows only
+            delta_raw = _shuffle(_delta_encode(arr))
+            delta_frame = cctx.compress(delta_raw)
+            if len(delta_frame) < len(frame):
+                raw, frame, params = delta_raw, delta_frame, {**params, "delta": True}
         entry = {"name": name, "encoding": encoding, "dtype": arr.dtype.name, "shape": list(arr.shape),
                  "raw": len(raw), "compressed": len(frame)}
         if params is not None:
@@ -545,8 +577,9 @@ def skz_to_bytes(compact: CompactSplats, level: int = DEFAULT_LEVEL) -> tuple[by
     if len(manifest_bytes) > MAX_MANIFEST_BYTES:
         raise SplatkitError(f"manifest is {len(manifest_bytes)} bytes, over the {MAX_MANIFEST_BYTES}-byte "
                             "limit (meta or colour-field config too large)")
-    # Version 1 readers know no q_affine: files without it stay version 1.
-    version = QUANT_VERSION if any(s["encoding"] == "q_affine" for s in sections) else 1
+    # Older readers know no q_affine / deltas: files without them keep the older version.
+    version = (DELTA_VERSION if any(s.get("params", {}).get("delta") for s in sections if s["encoding"] == "q_affine")
+               else QUANT_VERSION if any(s["encoding"] == "q_affine" for s in sections) else 1)
     body = b"".join([_HEADER.pack(MAGIC, version, len(manifest_bytes)), manifest_bytes, *frames])
     data = body + _CRC.pack(zlib.crc32(body))
     raw_total = sum(s["raw"] for s in sections)
@@ -635,6 +668,8 @@ def skz_from_bytes(data: bytes, path: Union[str, Path, None] = None) -> CompactS
     by_name = _check_layout(sections, n, deg, m["color_field_config"] is not None, fail)
     if version < QUANT_VERSION and any(s["encoding"] == "q_affine" for s in sections):
         raise fail(f"q_affine sections need format version {QUANT_VERSION}, the header says {version}")
+    if version < DELTA_VERSION and any(s["encoding"] == "q_affine" and s["params"].get("delta") for s in sections):
+        raise fail(f"delta-coded sections need format version {DELTA_VERSION}, the header says {version}")
 
     total_compressed = sum(s["compressed"] for s in sections)
     if sections_start + total_compressed > body_end:
@@ -766,7 +801,9 @@ def _check_section_entry(i: int, s, fail) -> None:
     elif s["encoding"] == "q_affine":
         cols = shape[-1] if shape else 1
         b = params.get("bits") if isinstance(params, dict) else None
-        ok = (isinstance(params, dict) and set(params) == {"bits", "min", "max"} and _is_int(b)
+        ok = (isinstance(params, dict) and set(params) in ({"bits", "min", "max"}, {"bits", "min", "max", "delta"})
+              and params.get("delta", True) is True and (not params.get("delta") or "/" not in name)
+              and _is_int(b)
               and 1 <= b <= MAX_QUANT_BITS and s["dtype"] == ("uint8" if b <= 8 else "uint16")
               and len(shape) >= 1 and cols <= MAX_QUANT_COLUMNS
               and all(isinstance(params[k], list) and len(params[k]) == cols
@@ -775,7 +812,7 @@ def _check_section_entry(i: int, s, fail) -> None:
         if not ok:
             raise fail(f"section {name!r}: params must be {{bits: 1..{MAX_QUANT_BITS} (uint8 up to 8, else "
                        f"uint16), min and max: one finite number per column of the last axis (at most "
-                       f"{MAX_QUANT_COLUMNS}), min <= max}}")
+                       f"{MAX_QUANT_COLUMNS}), min <= max[, delta: true (per-Gaussian sections only)]}}")
     elif params is not None:
         raise fail(f"section {name!r}: encoding {s['encoding']} takes no params")
 
@@ -868,6 +905,8 @@ def _decode_section(s: dict, a: np.ndarray, by_name: dict, fail) -> np.ndarray:
         elif enc == "u8_sigmoid":
             out = _u8_to_logit(a)
         elif enc == "q_affine":
+            if s["params"].get("delta"):
+                a = _delta_decode(a)
             if a.size and int(a.max()) > (1 << s["params"]["bits"]) - 1:
                 raise fail(f"section {name!r} has values above its {s['params']['bits']}-bit range")
             out = dequantize_columns(a, s["params"])
