@@ -92,6 +92,28 @@ def test_intrinsics_parsing(tmp_path):
         read_k_file(k)
 
 
+def test_sift_threshold_follows_the_photo_size(photos, tmp_path):
+    from PIL import Image
+
+    from splatkit.data.sfm.pipeline import COLMAP_PEAK_THRESHOLD, SMALL_PHOTO_PEAK_THRESHOLD, _resolve
+
+    def threshold(folder, **kw):
+        return _resolve(PoseOptions(**kw), folder, sorted(folder.glob("*.*g")), lambda s: None)["peak_threshold"]
+
+    assert threshold(photos) == SMALL_PHOTO_PEAK_THRESHOLD  # 320x240: SIFT finds few features at COLMAP's
+    big = tmp_path / "big"
+    big.mkdir()
+    for i in range(2):
+        Image.new("RGB", (2000, 1500)).save(big / f"{i}.jpg")
+    assert threshold(big) == COLMAP_PEAK_THRESHOLD
+    assert threshold(big, max_image_size=800) == SMALL_PHOTO_PEAK_THRESHOLD  # what SIFT sees decides
+    assert threshold(big, peak_threshold=0.004) == 0.004
+    for bad, flag in (({"peak_threshold": 2.0}, "--peak-threshold"), ({"focal_factor": 0.0}, "--focal-factor"),
+                      ({"refine_passes": -1}, "--refine-passes")):
+        with pytest.raises(SplatkitError, match=flag):
+            PoseOptions(**bad).check()
+
+
 def test_recovered_poses_match_the_known_cameras(recovered, synthetic):
     res, lines = recovered
     rep = res.report
@@ -101,6 +123,8 @@ def test_recovered_poses_match_the_known_cameras(recovered, synthetic):
     assert set(rep["not_registered"]) == {f"{i:03d}.png" for i in range(N_VIEWS)} - set(rep["registered"])
     assert all(isinstance(why, str) and why for why in rep["not_registered"].values())
     assert rep["mean_reprojection_error"] < 1.0 and rep["mean_track_length"] > 2.0
+    assert rep["verified_pairs"] <= rep["matched_pairs"] == N_VIEWS * (N_VIEWS - 1) // 2  # exhaustive
+    assert rep["camera_estimate"][0][0] == "PINHOLE"
     scene = load_scene(res.scene_dir)  # the COLMAP reader takes the undistorted PINHOLE model
     assert scene.source_format == "colmap" and len(scene) == len(rep["registered"])
     assert np.allclose(scene.cameras.Ks[0], synthetic.cameras.Ks[0], atol=1e-6)  # held fixed
@@ -110,6 +134,27 @@ def test_recovered_poses_match_the_known_cameras(recovered, synthetic):
     # degree here (a wrong axis or pixel convention gives tens of degrees).
     assert e.mean_rotation_deg < 1.5 and e.rotation_deg.max() < 3.0
     assert e.mean_center_pct < 1.5 and e.center_pct.max() < 3.0
+
+
+def test_photos_alone_with_the_other_routes(photos, synthetic, tmp_path):
+    """Unknown intrinsics: a PINHOLE camera whose principal point is refined from a first focal guess,
+    guided matching, and one more retriangulation + global bundle adjustment pass after mapping."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted(photos.glob("*.png")):
+        (folder / p.name).symlink_to(p)  # no K.txt
+    opts = PoseOptions(camera_model="PINHOLE", refine_principal_point=True, focal_factor=1.5, guided_matching=True,
+                       refine_passes=1, mapper="incremental", few_views=False, dsp=False, affine=False, downscales=())
+    res = recover_poses(folder, tmp_path / "scene", opts, say=lambda s: None)
+    rep = res.report
+    assert rep["settings"]["refine_intrinsics"] and rep["settings"]["guided_matching"]
+    model, params = rep["camera_estimate"][0]
+    true_K = synthetic.cameras.Ks[0]
+    assert model == "PINHOLE" and abs(params[0] / true_K[0, 0] - 1) < 0.05  # from 1.5 x 320 = 480
+    assert len(rep["registered"]) >= N_VIEWS - 2
+    scene = load_scene(res.scene_dir)
+    e = pose_errors(scene.cameras.camtoworlds, synthetic.cameras.camtoworlds[[int(n) for n in scene.names]])
+    assert e.mean_rotation_deg < 1.5 and e.mean_center_pct < 1.5
 
 
 def test_scene_folder_layout_report_and_reuse(recovered, photos):

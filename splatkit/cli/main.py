@@ -94,6 +94,18 @@ class Poses:
     refine_intrinsics: Optional[bool] = None
     """Refine the intrinsics in bundle adjustment (default: only when they are not given)."""
     refine_principal_point: tyro.conf.FlagCreatePairsOff[bool] = False
+    """Refine the principal point too (helps photos whose optical centre is off the image centre, seen
+    from all around, e.g. DTU; makes forward-facing captures like LLFF a little worse)."""
+    camera_model: Optional[Literal["SIMPLE_RADIAL", "RADIAL", "SIMPLE_PINHOLE", "PINHOLE", "OPENCV"]] = None
+    """Camera model when the intrinsics are unknown (default SIMPLE_RADIAL)."""
+    focal_factor: Optional[float] = None
+    """Unknown intrinsics, no EXIF focal length: first focal guess as a multiple of the longest side
+    (COLMAP's 1.2)."""
+    peak_threshold: Optional[float] = None
+    """SIFT peak threshold (lower: more features); default 0.002 when SIFT sees photos of at most
+    1000 px, else COLMAP's 0.0067."""
+    guided_matching: tyro.conf.FlagCreatePairsOff[bool] = False
+    """Match again guided by each verified pair's two-view geometry."""
     per_image_camera: tyro.conf.FlagCreatePairsOff[bool] = False
     """One camera per photo instead of one shared camera (photos from several cameras or zooms)."""
     matching: Literal["exhaustive", "sequential", "vocabtree"] = "exhaustive"
@@ -102,7 +114,9 @@ class Poses:
     vocab_tree: Optional[Path] = None
     """Vocabulary tree file (vocabtree matching; loop detection with sequential)."""
     overlap: int = 10
-    """Sequential matching: neighbours matched on each side."""
+    """Sequential matching: each photo is matched with the next OVERLAP photos, or with
+    --quadratic-overlap (the default) with those 1, 2, 4, ..., 2^(OVERLAP-1) further on."""
+    quadratic_overlap: tyro.conf.FlagCreatePairsOff[bool] = True
     mapper: Optional[Literal["incremental", "global"]] = None
     """incremental (COLMAP) or global (GLOMAP); default: global below 10 photos, else incremental."""
     max_image_size: int = 1600
@@ -125,8 +139,10 @@ class Poses:
 
         opts = PoseOptions(
             matching=self.matching, vocab_tree=None if self.vocab_tree is None else str(self.vocab_tree),
-            overlap=self.overlap, mapper=self.mapper, intrinsics=self.intrinsics,
+            overlap=self.overlap, quadratic_overlap=self.quadratic_overlap, mapper=self.mapper, intrinsics=self.intrinsics,
             refine_intrinsics=self.refine_intrinsics, refine_principal_point=self.refine_principal_point,
+            camera_model=self.camera_model, focal_factor=self.focal_factor, peak_threshold=self.peak_threshold,
+            guided_matching=self.guided_matching,
             single_camera=not self.per_image_camera, max_image_size=self.max_image_size, few_views=self.few_views,
             two_view_tracks=self.two_view_tracks, relaxed_init=self.relaxed_init, dsp=self.dsp, affine=self.affine,
             seed=self.seed)

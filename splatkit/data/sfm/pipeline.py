@@ -33,6 +33,14 @@ FEW_VIEWS = 10
 MATCHINGS = ("exhaustive", "sequential", "vocabtree")
 MAPPERS = ("incremental", "global")
 DOWNSCALES = (2, 4, 8)
+# SIFT's peak (contrast) threshold for small photos: COLMAP's 0.0067 finds ~375 features on a 400x300
+# DTU view, 0.002 three times more, and the photos-only errors on DTU scan 65 (49 views) drop from
+# 0.56 deg / 0.40% to 0.44 deg / 0.29% (fern: no worse; docs/benchmarks.md, bench_sfm). Large photos
+# keep COLMAP's threshold: they have features to spare (Sceaux castle at 1600 px: the same result,
+# only more features to extract and match).
+SMALL_PHOTO_SIDE = 1000  # longest side SIFT sees (after --max-image-size), pixels
+SMALL_PHOTO_PEAK_THRESHOLD = 0.002
+COLMAP_PEAK_THRESHOLD = 0.0067
 REPORT_NAME = "report.json"
 SFM_DIR = "sfm"
 # Bump when the output layout or the meaning of an option changes: old caches are then rebuilt.
@@ -45,11 +53,16 @@ class PoseOptions:
 
     matching: str = "exhaustive"
     vocab_tree: Optional[str] = None  # a tree file (vocabtree matching, sequential loop detection)
-    overlap: int = 10  # sequential matching: neighbours matched on each side
+    # Sequential matching: each photo is matched with the next ``overlap`` ones; with quadratic_overlap
+    # (COLMAP's default) with those 1, 2, 4, ..., 2**(overlap - 1) further on instead.
+    overlap: int = 10
+    quadratic_overlap: bool = True
     mapper: Optional[str] = None  # incremental | global; None: global below FEW_VIEWS photos, else incremental
     intrinsics: Optional[str] = None  # "fx,fy,cx,cy[,k...]", a K file, "none"; None: a K.txt beside the photos
     refine_intrinsics: Optional[bool] = None  # None: refined when unknown, held fixed when given
     refine_principal_point: bool = False
+    camera_model: Optional[str] = None  # unknown intrinsics: COLMAP camera model (None: SIMPLE_RADIAL)
+    focal_factor: Optional[float] = None  # unknown intrinsics, no EXIF: first focal guess x longest side (COLMAP: 1.2)
     single_camera: bool = True
     max_image_size: int = 1600  # SIFT runs on photos resized to this longest side (keypoints in full pixels)
     max_num_features: int = 8192
@@ -58,6 +71,11 @@ class PoseOptions:
     relaxed_init: Optional[bool] = None
     dsp: Optional[bool] = None  # DSP-SIFT (domain-size pooling)
     affine: Optional[bool] = None  # affine-covariant SIFT shapes
+    peak_threshold: Optional[float] = None  # SIFT peak threshold; None: 0.002 for small photos, else COLMAP's 0.0067
+    guided_matching: bool = False  # match again guided by the verified two-view geometry
+    # After mapping: complete/merge tracks, retriangulate and a tighter global bundle adjustment, this
+    # many times (measured: no change on DTU 65 or fern; COLMAP's own final refinement has converged).
+    refine_passes: int = 0
     min_num_inliers: int = 15
     downscales: tuple[int, ...] = DOWNSCALES
     seed: int = 0
@@ -76,6 +94,12 @@ class PoseOptions:
             raise SplatkitError(f"--max-image-size must be -1 (full size) or >= 64, got {self.max_image_size}")
         if any(int(d) < 2 for d in self.downscales):
             raise SplatkitError(f"downscale factors must be >= 2, got {list(self.downscales)}")
+        if self.peak_threshold is not None and not 0 < self.peak_threshold < 1:
+            raise SplatkitError(f"--peak-threshold must be between 0 and 1, got {self.peak_threshold}")
+        if self.focal_factor is not None and not self.focal_factor > 0:
+            raise SplatkitError(f"--focal-factor must be > 0, got {self.focal_factor}")
+        if self.refine_passes < 0:
+            raise SplatkitError(f"--refine-passes must be >= 0, got {self.refine_passes}")
         if self.overlap < 1 or self.min_num_inliers < 5 or self.max_num_features < 100:
             raise SplatkitError("--overlap >= 1, --min-num-inliers >= 5 and --max-num-features >= 100 are needed")
 
@@ -94,9 +118,27 @@ class PoseResult:
 Say = Callable[[str], None]
 
 
-def _resolve(options: PoseOptions, image_dir: Path, n: int, say: Say) -> dict:
+def _sift_side(photos: list[Path], max_image_size: int) -> int:
+    """The longest side SIFT sees: the largest photo's, capped at ``max_image_size`` (headers only)."""
+    from PIL import Image
+
+    side = 0
+    for p in photos:
+        try:
+            with Image.open(p) as im:
+                side = max(side, *im.size)
+        except OSError:
+            continue  # unreadable: feature extraction reports it
+    return min(side, max_image_size) if max_image_size > 0 else side
+
+
+def _resolve(options: PoseOptions, image_dir: Path, photos: list[Path], say: Say) -> dict:
     """The settings actually used, every ``None`` decided."""
+    n = len(photos)
     o = asdict(options)
+    if o["peak_threshold"] is None:
+        small = _sift_side(photos, options.max_image_size) <= SMALL_PHOTO_SIDE
+        o["peak_threshold"] = SMALL_PHOTO_PEAK_THRESHOLD if small else COLMAP_PEAK_THRESHOLD
     few = n < FEW_VIEWS if options.few_views is None else bool(options.few_views)
     o["few_views"] = few
     for key in ("two_view_tracks", "relaxed_init", "dsp", "affine"):
@@ -120,7 +162,8 @@ def _resolve(options: PoseOptions, image_dir: Path, n: int, say: Say) -> dict:
         say(f"known intrinsics from {source}: {model} {', '.join(f'{p:g}' for p in params)}"
             f" ({'refined' if options.refine_intrinsics else 'held fixed'})")
     else:
-        model, params = "SIMPLE_RADIAL", []  # COLMAP's default: focal length from EXIF or a guess
+        # COLMAP's default: focal length from EXIF or a guess (--focal-factor x longest side)
+        model, params = options.camera_model or "SIMPLE_RADIAL", []
     o["camera_model"], o["camera_params"] = model, params
     o["refine_intrinsics"] = (intr is None) if options.refine_intrinsics is None else bool(options.refine_intrinsics)
     o["downscales"] = [int(d) for d in options.downscales]
@@ -199,7 +242,7 @@ def recover_poses(images: str | Path, out: str | Path, options: Optional[PoseOpt
     out = Path(out)
     if image_dir.resolve() in (out.resolve(), (out / "images").resolve()):
         raise DataError("--out must not be the photo folder itself (undistorted images go to OUT/images)", out)
-    settings = _resolve(options, image_dir, len(photos), say)
+    settings = _resolve(options, image_dir, photos, say)
     key = _fingerprint(photos, settings)
     if reuse:
         report = cached_result(out, key)
@@ -227,7 +270,8 @@ def recover_poses(images: str | Path, out: str | Path, options: Optional[PoseOpt
         f"{f' resized to at most {size} px' if size > 0 else ''}{', DSP-SIFT' if settings['dsp'] else ''}"
         f"{', affine shapes' if settings['affine'] else ''} ...")
     res = run_stage("extract", {**common, **{k: settings[k] for k in (
-        "camera_model", "camera_params", "single_camera", "max_image_size", "max_num_features", "dsp", "affine")},
+        "camera_model", "camera_params", "single_camera", "max_image_size", "max_num_features", "dsp", "affine",
+        "focal_factor", "peak_threshold")},
         "image_names": names}, sfm, label="feature extraction")
     keypoints = res["keypoints"]
     times["features"] = res["seconds"]
@@ -235,10 +279,12 @@ def recover_poses(images: str | Path, out: str | Path, options: Optional[PoseOpt
 
     say(f"[2/5] matching: {settings['matching']} ...")
     res = run_stage("match", {**common, **{k: settings[k] for k in ("matching", "vocab_tree", "overlap",
-                                                                      "min_num_inliers")}},
+                                                                      "quadratic_overlap", "min_num_inliers",
+                                                                      "guided_matching")}},
                     sfm, label="feature matching")
     times["matching"] = res["seconds"]
     pairs = res["pairs"]
+    matched_pairs = res.get("matched_pairs")
     pair_best: dict[str, tuple[int, str]] = {}
     verified = 0
     for a, b, n in res["pairs"]:
@@ -251,7 +297,8 @@ def recover_poses(images: str | Path, out: str | Path, options: Optional[PoseOpt
     say(f"[3/5] mapping: {settings['mapper']} ({'GLOMAP' if settings['mapper'] == 'global' else 'COLMAP'}) ...")
 
     def run_map(relaxed: bool, folder: str) -> tuple[list, float]:
-        job = {**common, **{k: settings[k] for k in ("mapper", "refine_intrinsics", "refine_principal_point")},
+        job = {**common, **{k: settings[k] for k in ("mapper", "refine_intrinsics", "refine_principal_point",
+                                                     "refine_passes")},
                "two_view_tracks": settings["two_view_tracks"] or relaxed, "relaxed_init": settings["relaxed_init"] or relaxed,
                "min_model_size": 2 if settings["few_views"] else 3, "output": str(sfm / folder)}
         r = run_stage("map", job, sfm, label=f"{settings['mapper']} mapping")
@@ -275,9 +322,11 @@ def recover_poses(images: str | Path, out: str | Path, options: Optional[PoseOpt
     if not models or len(models[0]["registered"]) < 2:
         best = max((n for n, _ in pair_best.values()), default=0)
         other = "incremental" if settings["mapper"] == "global" else "global"
+        # 3 DTU views without intrinsics register at COLMAP's threshold (if badly) but not at the small-photo one
+        peak = f", --peak-threshold {COLMAP_PEAK_THRESHOLD}" if settings["peak_threshold"] < COLMAP_PEAK_THRESHOLD else ""
         raise SplatkitError(f"structure from motion registered no photos ({len(photos)} photos, best pair "
-                            f"{best} verified matches); try --intrinsics (or a K.txt), --mapper {other} or more overlapping "
-                            f"photos (log: {sfm / 'sfm.log'})")
+                            f"{best} verified matches); try --intrinsics (or a K.txt), --mapper {other}{peak} or more "
+                            f"overlapping photos (log: {sfm / 'sfm.log'})")
     main_model = models[0]
     other_models = {n: len(m["registered"]) for m in models[1:] for n in m["registered"]}
     say(f"      {times['mapping']:.1f} s, {len(main_model['registered'])} of {len(names)} photos registered"
@@ -310,6 +359,9 @@ def recover_poses(images: str | Path, out: str | Path, options: Optional[PoseOpt
                                        settings["min_num_inliers"])
                            for n in names if n not in set(main_model["registered"])},
         "other_models": [m["registered"] for m in models[1:]],
+        "matched_pairs": matched_pairs,  # photo pairs whose features were matched
+        "verified_pairs": int(verified),
+        "camera_estimate": main_model.get("cameras"),  # the mapper's cameras before undistortion
         "num_points": main_model["num_points"],
         "mean_reprojection_error": main_model["mean_reprojection_error"],
         "mean_track_length": main_model["mean_track_length"],

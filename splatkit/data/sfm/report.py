@@ -155,6 +155,8 @@ def markdown(report: dict) -> str:
              f"- 3D points: {report['num_points']}, mean reprojection error: "
              f"{_num(err, '.3f', ' px')}, mean track length: "
              f"{_num(report['mean_track_length'], '.2f')} views",
+             *[f"- camera {i + 1} as the mapper left it (before undistortion): {m} "
+               f"{', '.join(f'{v:.6g}' for v in params)}" for i, (m, params) in enumerate(report.get("camera_estimate") or [])],
              "- track lengths (views: points): " + ", ".join(f"{k}: {v}" for k, v in report.get("track_histogram", {}).items()),
              "- time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["seconds"].items()), ""]
     if report["not_registered"]:

@@ -36,12 +36,16 @@ def extract(job: dict) -> dict:
     reader.camera_model = job["camera_model"]
     if job.get("camera_params"):
         reader.camera_params = ",".join(repr(float(v)) for v in job["camera_params"])
+    if job.get("focal_factor"):  # focal guess (x longest side) for photos without EXIF focal length
+        reader.default_focal_length_factor = float(job["focal_factor"])
     opts = pycolmap.FeatureExtractionOptions()
     opts.num_threads = _threads(job)
     opts.max_image_size = int(job.get("max_image_size", -1))
     opts.sift.max_num_features = int(job.get("max_num_features", 8192))
     opts.sift.domain_size_pooling = bool(job.get("dsp", False))
     opts.sift.estimate_affine_shape = bool(job.get("affine", False))
+    if job.get("peak_threshold"):
+        opts.sift.peak_threshold = float(job["peak_threshold"])
     pycolmap.extract_features(job["database"], job["image_dir"], image_names=list(job["image_names"]),
                               camera_mode=_camera_mode(pycolmap, job), reader_options=reader,
                               extraction_options=opts, device=pycolmap.Device.cpu)
@@ -78,6 +82,7 @@ def match(job: dict) -> dict:
 
     mopts = pycolmap.FeatureMatchingOptions()
     mopts.num_threads = _threads(job)
+    mopts.guided_matching = bool(job.get("guided_matching", False))
     verify = pycolmap.TwoViewGeometryOptions()
     verify.min_num_inliers = int(job.get("min_num_inliers", 15))
     kind = job.get("matching", "exhaustive")
@@ -87,6 +92,7 @@ def match(job: dict) -> dict:
     elif kind == "sequential":
         pairing = pycolmap.SequentialPairingOptions()
         pairing.overlap = int(job.get("overlap", 10))
+        pairing.quadratic_overlap = bool(job.get("quadratic_overlap", True))
         if job.get("vocab_tree"):
             pairing.loop_detection = True
             pairing.vocab_tree_path = str(job["vocab_tree"])
@@ -100,7 +106,12 @@ def match(job: dict) -> dict:
                                  verification_options=verify, device=pycolmap.Device.cpu)
     else:
         raise ValueError(f"unknown matching {kind!r}")
-    return {"pairs": _pair_inliers(pycolmap, job["database"])}
+    db = pycolmap.Database.open(job["database"])
+    try:
+        matched = int(db.num_matched_image_pairs())
+    finally:
+        db.close()
+    return {"pairs": _pair_inliers(pycolmap, job["database"]), "matched_pairs": matched}
 
 
 def _pair_inliers(pycolmap, database: str) -> list:
@@ -184,6 +195,8 @@ def map_(job: dict) -> dict:
                                               options=_incremental_options(pycolmap, job))
     result = []
     for idx, rec in sorted(models.items()):
+        if int(job.get("refine_passes", 0)) > 0 and rec.num_reg_images() >= 2:
+            _refine(pycolmap, job, rec)
         folder = out / str(idx)
         folder.mkdir(parents=True, exist_ok=True)
         rec.write(str(folder))  # global_mapping writes nothing itself in some versions
@@ -191,11 +204,36 @@ def map_(job: dict) -> dict:
     return {"models": result}
 
 
+def _refine(pycolmap, job: dict, rec) -> None:
+    """Extra passes after mapping: complete and merge tracks, retriangulate, then COLMAP's iterative
+    global bundle adjustment (more solver iterations), ``refine_passes`` times."""
+    iopts = _incremental_options(pycolmap, job)
+    tri = iopts.get_triangulation()
+    ba = iopts.get_global_bundle_adjustment()
+    ba.refine_principal_point = bool(job.get("refine_principal_point", False))
+    so = ba.ceres.solver_options  # COLMAP stops at a gradient of 1: tighter here, more iterations
+    so.max_num_iterations, so.gradient_tolerance, so.function_tolerance = 300, 1e-10, 1e-10
+    db = pycolmap.Database.open(job["database"])
+    try:
+        cache = pycolmap.DatabaseCache.create(db, pycolmap.DatabaseCacheOptions())
+    finally:
+        db.close()
+    mapper = pycolmap.IncrementalMapper(cache)
+    mapper.begin_reconstruction(rec)
+    for _ in range(int(job["refine_passes"])):
+        mapper.complete_and_merge_tracks(tri)
+        mapper.retriangulate(tri)
+        mapper.iterative_global_refinement(iopts.ba_global_max_refinements, iopts.ba_global_max_refinement_change,
+                                          iopts.get_mapper(), ba, tri, normalize_reconstruction=False)
+    mapper.end_reconstruction(False)
+
+
 def model_stats(rec) -> dict:
     reg = sorted(rec.images[i].name for i in rec.reg_image_ids())
     n_pts = int(rec.num_points3D())
     return {
         "registered": reg,
+        "cameras": [[c.model.name, [float(v) for v in c.params]] for _, c in sorted(rec.cameras.items())],
         "num_points": n_pts,
         "mean_reprojection_error": float(rec.compute_mean_reprojection_error()) if n_pts else None,
         "mean_track_length": float(rec.compute_mean_track_length()) if n_pts else None,
