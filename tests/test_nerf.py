@@ -68,9 +68,10 @@ def test_nerf_trains_resumes_exactly_evaluates_and_renders_through_the_cli(scene
     rgbd, alpha, _ = model.render(torch.eye(4)[None] @ torch.linalg.inv(torch.eye(4)), torch.tensor(
         [[[40.0, 0, 24], [0, 40, 18], [0, 0, 1]]]), 48, 36, render_mode="RGB+ED")
     assert rgbd.shape == (1, 36, 48, 4) and alpha.shape == (1, 36, 48, 1) and torch.isfinite(rgbd).all()
-    # A NeRF checkpoint given to a Gaussian-only command: one clear line.
+    # A NeRF checkpoint given to a Gaussian-only command: one clear line. (export takes NeRF runs:
+    # tests/test_nerf_export.py.)
     capsys.readouterr()
-    assert main(["export", "--run", str(run), "--format", "ply"]) == 2
+    assert main(["compress", "--run", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert "'nerf' run has no Gaussians" in err and len(err.splitlines()) == 1
     # nerfacc 0.5.3 JIT-compiles CUDA on first use of its kernels: a CPU run never gets there.

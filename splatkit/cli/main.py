@@ -334,39 +334,66 @@ class Export:
     """Export a trained run for splat viewers, in the dataset's original world frame: standard 3DGS
     PLY, antimatter15 .splat, PlayCanvas/SuperSplat compressed PLY, Niantic .spz, PlayCanvas .sog, or splatkit's
     compact .skz (R-VQ codes and the colour field of Compact-3DGS runs). A run's colour field is
-    baked to SH for every format but skz; the PSNR that costs on the test views is printed."""
+    baked to SH for every format but skz; the PSNR that costs on the test views is printed. A NeRF
+    run: --format mesh writes its surface as a coloured triangle mesh (marching cubes over the
+    density; .ply or .obj); the splat formats write Gaussians made from that surface (an
+    approximation; the PSNR it costs is printed)."""
 
     run_dir: Annotated[Path, tyro.conf.arg(name="run")]
     """Run folder written by 'splatkit train'."""
     format: str = "ply"
-    """ply, splat, ply-compressed, spz, sog or skz."""
+    """ply, splat, ply-compressed, spz, sog or skz; mesh (NeRF runs)."""
     out: Optional[Path] = None
-    """Output file (default RUN/export/splats.<ext>: .ply, .splat, .compressed.ply, .spz, .skz)."""
+    """Output file (default RUN/export/splats.<ext>: .ply, .splat, .compressed.ply, .spz, .skz; mesh:
+    RUN/export/mesh.ply, or a .obj)."""
     checkpoint: Optional[Path] = None
     """Checkpoint file (default: the run's latest)."""
     bake_report: tyro.conf.FlagCreatePairsOff[bool] = True
-    """After baking a colour field, render the test views with the field and with the baked SH and
-    print the PSNR lost (--no-bake-report skips it; it needs the dataset)."""
+    """After baking a colour field (or turning a NeRF into Gaussians), render the test views before
+    and after and print the PSNR lost (--no-bake-report skips it; it needs the dataset)."""
     table_bits: Optional[int] = None
     """skz: bits per hash-table value of a colour field, 1..8 (default splatkit.export.SKZ_TABLE_BITS,
     6; Compact-3DGS stores 8)."""
+    mesh_resolution: int = 256
+    """NeRF runs: density lattice points along the scene box's longest side (marching cubes)."""
+    mesh_threshold: Optional[float] = None
+    """NeRF runs: the density of the surface (per unit length of the run's normalised frame; default:
+    the median density of the occupancy grid's occupied cells)."""
+    mesh_keep_largest: int = 0
+    """NeRF runs: keep only this many largest connected components of the surface (0: all)."""
+    nerf_sh_degree: int = 0
+    """NeRF runs, splat formats: SH degree fitted to the colour MLP per Gaussian (0..3)."""
+    quiet: tyro.conf.FlagCreatePairsOff[bool] = False
+    """No progress output."""
 
     def run(self) -> None:
-        from splatkit.app import export_run
+        from splatkit.app.export import MESH_FORMAT, NerfSurface, export_run
         from splatkit.export import check_format
 
-        fmt = check_format(self.format)
+        fmt = self.format.lower() if self.format.lower() == MESH_FORMAT else check_format(self.format)
         bits = {} if self.table_bits is None else {"table_bits": self.table_bits}
+        surface = NerfSurface(self.mesh_resolution, self.mesh_threshold, self.mesh_keep_largest,
+                              self.nerf_sh_degree, self.quiet)
         res = export_run(self.run_dir, fmt, out=self.out, checkpoint=self.checkpoint, report_bake=self.bake_report,
-                         **bits)
+                         surface=surface, **bits)
+        if fmt == MESH_FORMAT:
+            print(f"wrote a mesh of {res.num_vertices} vertices and {res.num_faces} triangles to {res.path}")
+            print(f"mesh: {res.notes}")
+            return
         dropped = f", left out {res.num_dropped} with non-finite values" if res.num_dropped else ""
         print(f"wrote {res.num_written} Gaussians (SH degree {res.sh_degree}{dropped}) to {res.path}")
         print(f"{res.format}: {res.notes}")
         rep = res.bake
-        if rep:  # the run has a colour field
+        if rep and rep.get("source") == "nerf":
+            print(f"note: Gaussians made from a NeRF are an approximation: {rep['split']} PSNR "
+                  f"{rep['psnr_field']:.2f} dB with the NeRF, {rep['psnr_baked']:.2f} dB as Gaussians "
+                  f"({rep['loss_db']:.2f} dB lost)")
+        elif rep:  # the run has a colour field
             print(f"baking the colour field to SH degree {rep['sh_degree']}: {rep['split']} PSNR "
                   f"{rep['psnr_field']:.2f} dB with the field, {rep['psnr_baked']:.2f} dB baked "
                   f"({rep['loss_db']:.2f} dB lost)")
+        elif res.notes and "from the NeRF's surface" in res.notes:
+            print("note: Gaussians made from a NeRF are an approximation (its own PSNR is not reached)")
 
 
 @dataclass
