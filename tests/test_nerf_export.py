@@ -55,7 +55,7 @@ def sphere_nerf(extra_sphere: bool = False) -> NerfModel:
         def forward(self, inp):
             return torch.logit(_color(inp[:, :3]).clamp(1e-5, 1 - 1e-5))
 
-    model.field._base = base  # density() and the colour queries go through _base
+    model.field.density_and_features = base  # density() and the colour queries go through it
     model.field.color_mlp = Colour()
     return model
 

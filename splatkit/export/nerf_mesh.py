@@ -159,7 +159,7 @@ def surface_colors(model, points: np.ndarray, view_dirs: np.ndarray) -> np.ndarr
     out = np.zeros((M, V, 3), np.float32)
     for s in range(0, V, BATCH_POINTS):
         x = torch.as_tensor(points[s:s + BATCH_POINTS], dtype=torch.float32, device=device)
-        _, geo = field._base(x)  # geometry features, as NerfField.forward computes them
+        _, geo = field.density_and_features(x)  # geometry features, as NerfField.forward computes them
         for m in range(M):
             d = torch.as_tensor(view_dirs[m, s:s + BATCH_POINTS], dtype=torch.float32, device=device)
             d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -110,7 +110,7 @@ def along_normals(model, mesh, view_dirs: Optional[np.ndarray] = None
         c = len(v)
         pts = torch.as_tensor((v[:, None, :] - t[None, :, None] * n[:, None, :]).reshape(-1, 3),
                               dtype=torch.float32, device=model.device)
-        sigma, geo = field._base(pts)  # density and geometry features, as NerfField.forward computes them
+        sigma, geo = field.density_and_features(pts)  # density and geometry features, as NerfField.forward computes them
         sdt = sigma.reshape(c, S).cpu().double() * dt
         trans = torch.exp(-torch.cumsum(sdt, 1) + sdt)  # transmittance before each sample
         w = trans * (1.0 - torch.exp(-sdt))

@@ -146,7 +146,9 @@ class NerfField(torch.nn.Module):
         u = (x - self.aabb[:3]) / (self.aabb[3:] - self.aabb[:3])
         return u, ((u >= 0) & (u <= 1)).all(-1)
 
-    def _base(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def density_and_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Density and the geometry features the colour MLP reads, at world points ``x`` [N, 3]
+        (what ``forward`` computes before the colour; exports query it directly)."""
         u, inside = self.normalize(x)
         if self.saliency is None:
             h = self.density_mlp(self.encode(u))
@@ -162,10 +164,10 @@ class NerfField(torch.nn.Module):
         return sigma, h[:, 1:]
 
     def density(self, x: Tensor) -> Tensor:
-        return self._base(x)[0]
+        return self.density_and_features(x)[0]
 
     def forward(self, x: Tensor, dirs: Tensor) -> tuple[Tensor, Tensor]:
-        sigma, geo = self._base(x)
+        sigma, geo = self.density_and_features(x)
         rgb = torch.sigmoid(self.color_mlp(torch.cat([geo, sh_basis(DIR_SH_DEGREE, dirs)], dim=-1)))
         return rgb, sigma
 
