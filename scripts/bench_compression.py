@@ -461,8 +461,31 @@ Training times (wall clock as each run was trained; runs may have shared the cor
 SHARED = ROOT.parent / "shared" / "data"
 POST_SECTION = f"{SECTION}_posttrain"
 POST_SEEDS = (0, 1, 2)  # training seeds of the synthetic scene's base runs
-# The chain's stretch target (issue #16): >= 40x at the same loss, asked for with --target-ratio.
+# The chain's stretch target (issue #16): >= 40x at the same loss.
 STRETCH_RATIO = 40.0
+# Settings tried for the stretch on seed 0, each `splatkit compress` with these options (label: the
+# CLI flags; folder: the compressed run's name under the base run). Fewer Gaussians, fewer bits per
+# attribute, longer fine-tunes: the three levers the chain has.
+STRETCH_VARIANTS = (
+    ("--target-ratio 40", "compressed-ratio40", {"target_ratio": STRETCH_RATIO}),
+    ("--keep 0.45 --prune-steps 600", "compressed-k45-ft600", {"keep": 0.45, "prune_steps": 600}),
+    ("--keep 0.5 --bits means=13,scales=7,quats=7,sh0=7,shN=8", "compressed-k50-b7",
+     {"keep": 0.5, "bits": {"means": 13, "scales": 7, "quats": 7, "sh0": 7, "shN": 8}}),
+    ("--keep 0.55 --bits means=12,scales=6,quats=6,sh0=6,shN=6", "compressed-k55-b6",
+     {"keep": 0.55, "bits": {"means": 12, "scales": 6, "quats": 6, "sh0": 6, "shN": 6}}),
+    ("--keep 0.55 --bits means=14,scales=7,quats=7,sh0=7,shN=7 --qat-steps 400", "compressed-k55-b7-qat400",
+     {"keep": 0.55, "bits": {"means": 14, "scales": 7, "quats": 7, "sh0": 7, "shN": 7}, "qat_steps": 400}),
+    ("--bits means=14,scales=6,quats=6,sh0=6,shN=6 --qat-steps 400", "compressed-k60-b6-qat400",
+     {"keep": 0.6, "bits": {"means": 14, "scales": 6, "quats": 6, "sh0": 6, "shN": 6}, "qat_steps": 400}),
+    ("--keep 0.48 --bits means=13,scales=7,quats=7,sh0=7,shN=8 --prune-steps 500 --qat-steps 400",
+     "compressed-k48-b7-ft500-qat400",
+     {"keep": 0.48, "bits": {"means": 13, "scales": 7, "quats": 7, "sh0": 7, "shN": 8}, "prune_steps": 500,
+      "qat_steps": 400}),
+    ("--keep 0.49 --bits means=13,scales=7,quats=7,sh0=7,shN=8 --prune-steps 600 --qat-steps 500",
+     "compressed-k49-b7-ft600-qat500",
+     {"keep": 0.49, "bits": {"means": 13, "scales": 7, "quats": 7, "sh0": 7, "shN": 8}, "prune_steps": 600,
+      "qat_steps": 500}),
+)
 
 
 def posttrain_runs(out: Path, scene: Path | None = None, seeds=POST_SEEDS) -> list[tuple[str, str, str, dict]]:
@@ -540,9 +563,12 @@ def posttrain(args) -> None:
         results[label] = [("default (keep 0.6)", rep)]
         if name == "dense-3dgs":
             stages = rep["stages"]
-            results[label].append((f"--target-ratio {STRETCH_RATIO:g}", compress_cached(
-                run, f"compressed-ratio{STRETCH_RATIO:g}", target_ratio=STRETCH_RATIO)))
+            for how, folder, options in STRETCH_VARIANTS:
+                results[label].append((how, compress_cached(run, folder, **options)))
             viewers[label] = viewer_rows(run / "compressed")
+        elif label.startswith("synthetic"):  # the last stretch setting (seed 0's best) on the other seeds too
+            how, folder, options = STRETCH_VARIANTS[-1]
+            results[label].append((how, compress_cached(run, folder, **options)))
         for how, r in results[label]:
             print(f"   {how}: {r['ratio']:.1f}x, {r['delta_db']:+.2f} dB, {r['time_s']:.0f} s", flush=True)
     # The in-training route: the compact preset's .skz on the same scene (seed 0), when asked for or trained.
@@ -570,7 +596,15 @@ def posttrain(args) -> None:
     syn = [items[0][1] for label, items in results.items() if label.startswith("synthetic")]
     ratios = np.array([r["ratio"] for r in syn])
     deltas = np.array([r["delta_db"] for r in syn])
-    stretch = next(r for how, r in results.get("synthetic, seed 0", []) if how.startswith("--target-ratio"))
+    tried = results["synthetic, seed 0"][1:]
+    last_how = STRETCH_VARIANTS[-1][0]
+    last_all = [r for label, items in results.items() if label.startswith("synthetic")
+                for how, r in items if how == last_how]
+    reached = [(how, r) for how, r in tried if r["ratio"] >= STRETCH_RATIO and -r["delta_db"] <= TARGET_LOSS_DB]
+    # the best attempt: one that meets it, else the smallest loss among those at >= 40x, else the largest ratio
+    at_ratio = [(how, r) for how, r in tried if r["ratio"] >= STRETCH_RATIO]
+    stretch_how, stretch = (reached[0] if reached else max(at_ratio, key=lambda t: t[1]["delta_db"]) if at_ratio
+                            else max(tried, key=lambda t: t[1]["ratio"]))
     base0 = results["synthetic, seed 0"][0][1]
     c_ratio = base0["plain_ply_bytes"] / compact_skz["bytes"] if compact_skz else 0.0
     c_delta = compact_skz["psnr"] - base0["psnr_before"] if compact_skz else -math.inf
@@ -588,9 +622,15 @@ def posttrain(args) -> None:
         f"(min {ratios.min():.1f}x) at {deltas.mean():+.2f} dB (worst {deltas.min():+.2f} dB); target >= "
         f"{TARGET_RATIO:.0f}x at <= {TARGET_LOSS_DB} dB lost: "
         + ("**met**" if all(m for lab, m in met_all if lab.startswith("synthetic")) else "**NOT met**"),
-        f"stretch (>= {STRETCH_RATIO:.0f}x at <= {TARGET_LOSS_DB} dB), seed 0 with --target-ratio {STRETCH_RATIO:g} "
-        f"(keeps {stretch['keep']:.0%}): {stretch['ratio']:.1f}x at {stretch['delta_db']:+.2f} dB: "
-        + ("met" if stretch["ratio"] >= STRETCH_RATIO and -stretch["delta_db"] <= TARGET_LOSS_DB else "not met"),
+        f"stretch (>= {STRETCH_RATIO:.0f}x at <= {TARGET_LOSS_DB} dB), seed 0, {len(tried)} settings tried (rows "
+        f"above); the best, `{stretch_how}` (keeps {stretch['keep']:.0%}): {stretch['ratio']:.1f}x at "
+        f"{stretch['delta_db']:+.2f} dB: " + ("met on seed 0" if reached else "not met"),
+        f"the last stretch setting on every synthetic seed ({len(last_all)}): "
+        + ", ".join(f"{r['ratio']:.1f}x at {r['delta_db']:+.2f} dB" for r in last_all)
+        + f"; mean {np.mean([r['ratio'] for r in last_all]):.1f}x at {np.mean([r['delta_db'] for r in last_all]):+.2f} dB, "
+        "compress time " + ", ".join(f"{r['time_s']:.0f} s" for r in last_all) + "; the stretch on every seed: "
+        + ("**met**" if all(r["ratio"] >= STRETCH_RATIO and -r["delta_db"] <= TARGET_LOSS_DB for r in last_all)
+           else "**not met**"),
         *[f"{lab}: target {'met' if m else 'NOT met'}" for lab, m in met_all if not lab.startswith("synthetic")],
         *[f"{lab}: not measured in this call (its base run had not finished training)" for lab in skipped],
         "compress time at 400x300 (target <= 3 min): "
@@ -621,17 +661,20 @@ def posttrain(args) -> None:
     text = f"""## Compression after training: `splatkit compress`
 
 `python scripts/bench_compression.py --posttrain --write` on {machine_info()}; {load_note}; {total / 60:.0f} min in all
-(finished base runs and compressions reused; each compression's time was measured when it ran, holding the
-machine's heavy-job lock). Base runs: plain 3DGS, the `fast` schedule with SH degree 3 (the baseline of the
+(finished base runs and compressions reused; each compression's time was measured when it ran, on a machine
+shared with other jobs: upper bounds). Base runs: plain 3DGS, the `fast` schedule with SH degree 3 (the baseline of the
 section above), on the 400x300 synthetic scene at training seeds {', '.join(map(str, seeds))}, the real DTU
 scan 65 (42 of its 49 views for training, every 8th held out, 400x300) and LLFF fern (x8, 17 training views);
 the synthetic runs on black as above, the real ones on the colour `background auto` picked.
 `splatkit compress` with its defaults: prune to the 60% most important Gaussians (sum of blending weights over
 the training views), 300 fine-tune steps, the SH rest bands coded by a 256-entry codebook (sensitivity-weighted
 k-means, Compressed 3DGS), 200 quantisation-aware steps with the assignments frozen, positions at 14 bits and
-scales, rotations, DC colour and codebook at 8 bits on per-column grids, opacity 8-bit, Morton order and zstd.
+scales, rotations, DC colour and codebook at 8 bits on per-column grids, opacity 8-bit, Morton order, each
+per-Gaussian section delta-coded along that order where that is smaller (`.skz` version 3), zstd.
 Ratios are against the run's plain PLY; PSNR is on the held-out views, the compressed model read back from
-its `.skz`.
+its `.skz`. For the 40x stretch, seed 0 was also compressed with each setting in its rows below (fewer
+Gaussians, fewer bits, longer fine-tunes: the chain's three levers; `--target-ratio` only picks the share
+kept), and the last of them on every seed.
 
 {chr(10).join(lines)}
 

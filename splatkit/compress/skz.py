@@ -67,9 +67,9 @@ Encoding choices and their precision:
   along the Gaussians (Morton order, so neighbours are near in space and alike) each stored value
   is the zig-zag code of its difference to the previous one, wrapped to the dtype's width
   (``zz(d) = 2d`` for ``d >= 0``, ``-2d - 1`` below). The writer codes a section both ways and keeps
-  the smaller frame: on a compressed 400x300 scene deltas take about 7% off the file (positions,
-  scales, rotations and DC colour each lose 5-10%; zstd is already within a few percent of the
-  columns' order-0 entropy, so this is what a better entropy coder alone would not give).
+  the smaller frame: `splatkit compress` of the 400x300 synthetic scene went from 359 to 340 kB
+  (positions, scales, rotations and DC colour each lose 5-10%; zstd is already within a few
+  percent of the columns' order-0 entropy, so a better entropy coder alone would not give this).
 * Plain scales / quats / sh0 / shN, codebooks, MLP weights: IEEE fp16 (relative error <= 2**-11).
 * Colour-field tensors are min/max quantised to ``levels + 1`` values (``levels = 2**bits - 1``,
   ``bits = config["quantize_bits"]``, 8 when absent; error <= (max - min) / (2 * levels)) when
