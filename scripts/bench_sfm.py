@@ -289,6 +289,12 @@ TRAIN_HEAD = "3DGS on DTU scan 65"
 TRAIN_END = "Recovered minus known:"
 
 
+def _error_cells(r: dict) -> str:
+    """The rotation, centre and reprojection cells of one pose row."""
+    return (f"{_fmt(r.get('rot_mean'), 3)} / {_fmt(r.get('rot_max'), 2)} | "
+            f"{_fmt(r.get('ctr_mean'), 3)} / {_fmt(r.get('ctr_max'), 2)} | {_fmt(r['reproj'], 3)}")
+
+
 def _previous_train_text() -> list[str]:
     """The training paragraph, table and difference line of the section in docs/benchmarks.md
     (--skip-train keeps them); [] when there are none."""
@@ -399,9 +405,7 @@ def _section(args, load_before, t_start, sceaux_rows, rows, routes, sequential, 
             if r["registered"] == 0:
                 lines.append(f"| {r['label']} | | 0 of {r['photos']} ({r.get('error', '')}) | | | | |")
                 continue
-            lines.append(f"| {r['label']} | {r['mapper']} | {r['registered']} of {r['photos']} | "
-                         f"{_fmt(r.get('rot_mean'), 3)} / {_fmt(r.get('rot_max'), 2)} | "
-                         f"{_fmt(r.get('ctr_mean'), 3)} / {_fmt(r.get('ctr_max'), 2)} | {_fmt(r['reproj'], 3)} | "
+            lines.append(f"| {r['label']} | {r['mapper']} | {r['registered']} of {r['photos']} | {_error_cells(r)} | "
                          f"{r['seconds']:.1f} |")
         lines.append("")
         by = {r["label"]: r for r in rows}
@@ -445,9 +449,7 @@ def _section(args, load_before, t_start, sceaux_rows, rows, routes, sequential, 
             if r["registered"] == 0:
                 lines.append(f"| {scene}{r['route']} | 0 of {r['photos']} ({r.get('error', '')}) | | | | | | | |")
                 continue
-            lines.append(f"| {scene}{r['route']} | {r['registered']} of {r['photos']} | "
-                         f"{_fmt(r.get('rot_mean'), 3)} / {_fmt(r.get('rot_max'), 2)} | "
-                         f"{_fmt(r.get('ctr_mean'), 3)} / {_fmt(r.get('ctr_max'), 2)} | {_fmt(r['reproj'], 3)} | "
+            lines.append(f"| {scene}{r['route']} | {r['registered']} of {r['photos']} | {_error_cells(r)} | "
                          f"{r['features']:.0f} | {_cam(r)} | {r.get('relaxed_retry') or '-'} | {r['seconds']:.1f} |")
         lines.append("")
     if sequential:
