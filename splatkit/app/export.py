@@ -121,7 +121,7 @@ def export_mesh(run_dir, out: Optional[str | Path] = None, checkpoint=None,
                 surface: Optional[NerfSurface] = None) -> MeshExport:
     """A NeRF run's iso-surface as a coloured triangle mesh (PLY or OBJ by ``out``'s suffix; default
     ``RUN/export/mesh.ply``) in the dataset's original world frame."""
-    from splatkit.export.nerf_mesh import extract_mesh, write_mesh
+    from splatkit.export.nerf_mesh import write_mesh
 
     surface = surface or NerfSurface()
     target = Path(out) if out is not None else None
@@ -133,9 +133,7 @@ def export_mesh(run_dir, out: Optional[str | Path] = None, checkpoint=None,
     if not _is_nerf(model):
         raise SplatkitError(f"--format mesh needs a NeRF run (a density field); this is a {run.config.method!r} run",
                             run.path)
-    with _progress("density lattice", "slabs", surface.quiet) as tick:
-        mesh = extract_mesh(model, surface.resolution, surface.threshold, surface.keep_largest, progress=tick)
-    mesh = mesh.to_original_frame(payload_normalization(payload))
+    mesh = _surface_mesh(model, surface).to_original_frame(payload_normalization(payload))
     target = target if target is not None else run.path / "export" / DEFAULT_MESH_NAME
     write_mesh(target, mesh)
     kept = f", the {surface.keep_largest} largest components" if surface.keep_largest else ""
@@ -158,17 +156,23 @@ def _check_surface(surface: NerfSurface) -> None:
 
 def _nerf_gaussians(nerf, surface: NerfSurface, max_degree: int):
     """``(GaussianModel in the normalised frame, notes, RMS colour error)`` from a NeRF's surface."""
-    from splatkit.export.nerf_mesh import extract_mesh
     from splatkit.export.nerf_to_gaussians import NOTE, gaussians_from_nerf
 
     _check_surface(surface)
-    with _progress("density lattice", "slabs", surface.quiet) as tick:
-        mesh = extract_mesh(nerf, surface.resolution, surface.threshold, surface.keep_largest, progress=tick)
+    mesh = _surface_mesh(nerf, surface)
     conv = gaussians_from_nerf(nerf, mesh, min(surface.sh_degree, max_degree))
     notes = (f"{mesh.num_vertices} Gaussians from the NeRF's surface (density "
              f"{_threshold_note(mesh.threshold, surface)}, lattice {surface.resolution}, SH degree "
              f"{conv.model.sh_degree}, RMS colour error {conv.rms:.4f}): {NOTE}")
     return conv.model, notes, conv.rms
+
+
+def _surface_mesh(nerf, surface: NerfSurface):
+    """The NeRF's iso-surface in its normalised frame, with a progress bar."""
+    from splatkit.export.nerf_mesh import extract_mesh
+
+    with _progress("density lattice", "slabs", surface.quiet) as tick:
+        return extract_mesh(nerf, surface.resolution, surface.threshold, surface.keep_largest, progress=tick)
 
 
 def _threshold_note(value: float, surface: NerfSurface) -> str:
