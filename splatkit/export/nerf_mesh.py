@@ -8,9 +8,8 @@ Threshold: a density is per unit length of the run's normalised frame and how de
 depends on the scene and on how long the field trained, so the default is read off the field's own
 occupancy grid (:func:`auto_threshold`): the median density of its occupied cells (nerfacc keeps,
 per cell, the density at random points in it, times the step size). On the demo scene's NeRF
-(600 steps) that is 1.2, and it gave the best test PSNR of the Gaussians made from the surface
-among the thresholds tried (README, "Meshes and Gaussians from a NeRF run"); torch-ngp's fixed 10
-or Instant-NGP's 2.5 leave most of that young field out. Without an occupied cell the fallback is
+(600 steps) that is 1.19 (docs/benchmarks.md, "NeRF exports"), well below torch-ngp's fixed 10 or
+Instant-NGP's 2.5, which cut most of such a young field away. Without an occupied cell the fallback is
 torch-ngp's ``save_mesh`` default, 10. Anything below the occupancy grid's binarisation level
 (``occ_thre / step_size``) would need cells the grid skips, so the lattice is then sampled
 everywhere.
