@@ -210,7 +210,7 @@ class Train:
     background: Optional[Literal["auto", "black", "white", "random"]] = None
     """auto (default): the images' uniform backdrop (white sweep, images masked to white) when
     there is one, else black; random: a new colour per step (with --use-masks)."""
-    init: Optional[Literal["auto", "sfm", "random", "triangulated", "visual_hull"]] = None
+    init: Optional[Literal["auto", "sfm", "random", "triangulated", "mvs", "visual_hull"]] = None
     init_num_points: Optional[int] = None
     depth_prior: Optional[str] = None
     """Depth prior for the depth losses: none, files (depth/<image stem>.npy|png|pfm) or a depth model

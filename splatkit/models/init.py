@@ -320,27 +320,60 @@ def triangulated_points(scene: Scene, seed: int = 0, min_points: Optional[int] =
     return pts, cols, f"{len(pts)} points triangulated from {len(scene)} views with their known cameras"
 
 
+def stereo_init_points(scene: Scene, max_points: int, seed: int = 0, min_points: Optional[int] = None
+                       ) -> tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
+    """Dense points from plane-sweep stereo between ``scene``'s views with their known cameras
+    (:func:`splatkit.data.mvs.stereo_points`), the network-free stand-in for the dense-match /
+    MVS initialisations of sparse-view 3DGS (Binocular3DGS, CoR-GS's baseline). The sweep's depth
+    range comes from the scene's SfM points, else the cameras' focus point, else points
+    triangulated across the views (forward-facing captures). ``(None, None, why)`` when fewer
+    than ``min_points`` (default :data:`MIN_TRIANGULATED_POINTS`) survive."""
+    from splatkit.data.mvs import stereo_points
+    from splatkit.data.normalize import focus_point
+
+    min_points = MIN_TRIANGULATED_POINTS if min_points is None else min_points
+    if len(scene) < 2:
+        return None, None, "stereo needs at least two views"
+    anchors = scene.points if scene.points is not None and len(scene.points) else None
+    if anchors is None and focus_point(scene.cameras) is None:
+        tri, _, why = triangulated_points(scene, seed=seed, min_points=10)
+        if tri is None:
+            return None, None, f"no depth range for the stereo sweep: {why}"
+        anchors = tri
+    try:
+        pts, cols, how = stereo_points(scene, max_points=max_points, seed=seed, sfm_points=anchors)
+    except SplatkitError as exc:
+        return None, None, f"stereo failed ({exc.message})"
+    if len(pts) < min_points:
+        return None, None, f"only {len(pts)} stereo points (fewer than {min_points})"
+    return pts, cols, how
+
+
 def initial_points(scene: Scene, *, init: str, num_points: int, seed: int, carve: bool,
                    scene_scale: float, depths_are_metric: bool = True
                    ) -> tuple[np.ndarray, np.ndarray, str]:
     """``(points, colors, description)`` for ``init`` = ``auto`` (SfM points when the scene has
-    them, else random), ``sfm``, ``random``, ``triangulated`` (:func:`triangulated_points`; random
-    points, with a warning, when too few survive) or ``visual_hull`` (:func:`visual_hull_points`,
-    from the object masks whatever ``carve`` says). Depth maps that are not metric
+    them, else random), ``sfm``, ``random``, ``triangulated`` (:func:`triangulated_points`), ``mvs``
+    (:func:`stereo_init_points`) (these two fall back to random points, with a warning, when too
+    few survive) or ``visual_hull`` (:func:`visual_hull_points`, from the object masks whatever
+    ``carve`` says). Depth maps that are not metric
     (``depths_are_metric=False``: inverse depth) never bound the random points."""
     if init == "visual_hull":
         pts, cols, how = visual_hull_points(scene, num_points, np.random.default_rng(seed), scene_scale=scene_scale)
         return pts, cols, f"{len(pts)} points ({how})"
-    if init == "triangulated":
-        pts, cols, how = triangulated_points(scene, seed=seed)
+    if init in ("triangulated", "mvs"):
+        if init == "triangulated":
+            pts, cols, how = triangulated_points(scene, seed=seed)
+        else:
+            pts, cols, how = stereo_init_points(scene, num_points, seed=seed)
         if pts is not None:
             return pts, cols, how
         import warnings
 
-        warnings.warn(f"init 'triangulated': {how}; starting from random points instead", stacklevel=2)
+        warnings.warn(f"init '{init}': {how}; starting from random points instead", stacklevel=2)
         pts, cols, how = initial_points(scene, init="random", num_points=num_points, seed=seed, carve=carve,
                                         scene_scale=scene_scale, depths_are_metric=depths_are_metric)
-        return pts, cols, how + " (triangulation fell back to random)"
+        return pts, cols, how + f" ({init} init fell back to random)"
     if init == "sfm" and (scene.points is None or len(scene.points) == 0):
         raise SplatkitError("init 'sfm' needs SfM points; this dataset has none (use --init random)")
     if init == "auto":

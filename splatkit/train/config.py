@@ -87,14 +87,17 @@ class TrainConfig:
     sh_degree: int = 3
     sh_degree_interval: int = 1000
     """Raise the active SH degree by one every this many steps (3DGS: 1000)."""
-    init: Literal["auto", "sfm", "random", "triangulated", "visual_hull"] = "auto"
+    init: Literal["auto", "sfm", "random", "triangulated", "mvs", "visual_hull"] = "auto"
     """``auto``: SfM points when the scene has them, else random points in the estimated object bounds.
     ``triangulated``: SIFT points matched across the training views and triangulated with their known
-    cameras (pycolmap; random points, with a warning, when fewer than 100 survive). ``visual_hull``
+    cameras (pycolmap; random points, with a warning, when fewer than 100 survive). ``mvs``: dense points
+    from plane-sweep stereo between the training views with their known cameras, kept where the views'
+    depth maps agree (``splatkit.data.mvs``; at most ``init_num_points``; random points, with a warning,
+    when fewer than 100 survive). ``visual_hull``
     (GaussianObject): ``init_num_points`` points filling the voxels inside every training view's
     object mask (64^3 voxels over the hull's box); needs masks, used even without ``use_masks``."""
     init_num_points: int = 100_000
-    """Number of random initial points (``random`` init)."""
+    """Number of random initial points (``random`` init); the most ``mvs`` init keeps."""
     init_opacity: float = 0.1
     init_scale: float = 1.0
     """Multiplier on the initial scales (mean distance to the 3 nearest neighbours)."""
@@ -341,7 +344,7 @@ class TrainConfig:
         for name, allowed in (("device", ("auto", "cpu", "cuda")),
                               ("backend", ("auto", "cpu", "torch", "gsplat")),
                               ("background", ("auto", "black", "white", "random")),
-                              ("init", ("auto", "sfm", "random", "triangulated", "visual_hull")),
+                              ("init", ("auto", "sfm", "random", "triangulated", "mvs", "visual_hull")),
                               ("strategy", ("default", "mcmc")),
                               ("color_field_output", ("sigmoid", "sh0")),
                               ("depth_prior_kind", (None, "metric", "depth", "inverse")),
