@@ -185,6 +185,24 @@ def test_dark_backdrop_refuses_a_white_background(scene_dir, tmp_path):
         Trainer(cfg, quiet=True).train()
 
 
+def test_dark_backdrop_stands_down_where_auto_finds_a_bright_backdrop(tmp_path):
+    """A preset listing dark_backdrop still trains on a white capture: background auto resolves to
+    white, the plugin warns and adds nothing."""
+    from splatkit.data.synthetic import write_synthetic_scene
+    from splatkit.train.config import resolve_config
+    from splatkit.train.trainer import Trainer
+
+    data = write_synthetic_scene(tmp_path / "white", seed=0, width=48, height=36, n_views=6, backdrop="white")
+    cfg = resolve_config({"data": str(data), "out": str(tmp_path / "r"), "steps": 2, "backend": "torch",
+                          "init_num_points": 50, "regularizers": ["dark_backdrop"], "log_every": 1})
+    with pytest.warns(UserWarning, match="plugin is off"):
+        Trainer(cfg, quiet=True).train()
+    import json
+
+    logged = [json.loads(line) for line in (tmp_path / "r" / "train_log.jsonl").read_text().splitlines()]
+    assert logged and all("dark_backdrop" not in rec for rec in logged)
+
+
 def test_plugin_settings_are_range_checked():
     from splatkit.errors import SplatkitError
     from splatkit.train.config import resolve_config

@@ -23,6 +23,8 @@ Constants are those of the authors' code (``hanl2010/Binocular3DGS`` ``train.py`
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -206,12 +208,18 @@ class DarkBackdrop(Plugin):
     def __init__(self, config, settings=None) -> None:
         super().__init__(config, settings)
         self._mask: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (images, their mask): once per step
+        self.active = True
 
     def setup(self, state: TrainState) -> None:
         from splatkit.methods.scoring import background_for
 
         # Alpha pushed to 0 shows the background: only a black one looks like a dark backdrop.
-        if state.config.background == "random" or background_for(state.config).any():
+        if state.config.background == "auto" and background_for(state.config).any():
+            # The preset that lists this plugin was run on a bright capture: nothing to treat.
+            warnings.warn("dark_backdrop: background auto found a bright backdrop, so there is no dark one to "
+                          "treat; the plugin is off for this run", stacklevel=2)
+            self.active = False
+        elif state.config.background == "random" or background_for(state.config).any():
             raise SplatkitError("dark_backdrop needs a black background (background black, or auto on a dark "
                                 "capture such as DTU)")
 
@@ -234,10 +242,12 @@ class DarkBackdrop(Plugin):
         return self._mask[1]
 
     def photometric_weights(self, step: int, batch: Batch):
-        if not self.settings.exclude_from_loss:
+        if not (self.active and self.settings.exclude_from_loss):
             return None
         return 1.0 - self.backdrop(step, batch)
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
+        if not self.active:
+            return {}
         mask = self.backdrop(step, batch)
         return self.settings.weight * (outputs.alphas.abs() * mask).mean()
