@@ -116,6 +116,9 @@ def test_training_with_co_reg_prunes_and_resumes_exactly(scene_dir, tmp_path):
     log = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
     assert min(full.method.num_primitives, plugin.field2.num_primitives) > 0
     assert max(rec["co_reg/pseudo"] for rec in log) > 0
+    # Log-only values: the second field's size and what co-pruning removed, never in the loss.
+    assert log[-1]["co_reg/field2_primitives"] == plugin.field2.num_primitives
+    assert (log[-1]["co_reg/co_pruned_1"], log[-1]["co_reg/co_pruned_2"]) == tuple(plugin.pruned)
     # Only the first field is evaluated.
     summary = json.loads((tmp_path / "full" / "train_summary.json").read_text())
     assert summary["num_gaussians"] == full.method.num_primitives

@@ -162,6 +162,8 @@ def test_training_with_the_sparse_plugins_logs_them_and_resumes_exactly(scene_di
     log = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
     assert all(k in log[-1] for k in ("warp_consistency", "dark_backdrop"))
     assert log[-1]["warp_consistency"] > 0
+    # opacity_decay logs the mean opacity it is pulling down (a log-only value, not a loss term).
+    assert 0 < log[-1]["opacity_decay/mean_opacity"] < log[0]["opacity_decay/mean_opacity"] < 1
     def stop_at_4(trainer, step):  # Ctrl-C after step 4: the loop saves a checkpoint there
         if step == 4:
             raise KeyboardInterrupt

@@ -221,7 +221,8 @@ class Plugin:
     Hooks, per step, in the loop's order: :meth:`on_step_start`, :meth:`render_params` (changes
     what the step renders), :meth:`photometric_weights` (weighs or masks the photometric loss),
     :meth:`loss`, backward, :meth:`after_backward`, the optimisers and
-    strategy, :meth:`on_step_end`, and :meth:`every_n` every :attr:`every` steps. State kept
+    strategy, :meth:`on_step_end`, :meth:`every_n` every :attr:`every` steps, and
+    :meth:`log_values` at logging steps. State kept
     across steps goes through :meth:`state_dict` into every checkpoint so ``--resume`` restores it.
     """
 
@@ -262,6 +263,12 @@ class Plugin:
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs) -> LossTerms:
         """Weighted loss term(s) for 0-based ``step``; a dict is logged per key."""
+        return {}
+
+    def log_values(self, step: int) -> dict[str, float]:
+        """Numbers to write into the training log at a logging step (``step`` steps done), never
+        added to the loss: what the plugin is doing (counts, fractions, a second field's size).
+        Logged as ``NAME/KEY``, as a dict of loss terms is."""
         return {}
 
     def after_backward(self, step: int, state: TrainState) -> None:

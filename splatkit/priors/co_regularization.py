@@ -268,6 +268,10 @@ class CoRegularization(Plugin):
         self._out2 = out2
         return terms
 
+    def log_values(self, step: int) -> dict[str, float]:
+        return {"field2_primitives": self.field2.num_primitives, "co_pruned_1": self.pruned[0],
+                "co_pruned_2": self.pruned[1]}
+
     def on_step_end(self, step: int, state: TrainState) -> None:
         if self._out2 is None:
             raise SplatkitError("co_reg: the second field was not rendered this step (its loss hook did not run)")

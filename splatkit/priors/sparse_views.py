@@ -135,6 +135,13 @@ class OpacityDecay(Plugin):
         factor: float = in_range(OPACITY_DECAY, 0.0, 1.0, lo_open=True)
         """Multiplier on every opacity per step (Binocular3DGS: 0.995)."""
 
+    def setup(self, state: TrainState) -> None:
+        self.state = state
+
+    def log_values(self, step: int) -> dict[str, float]:
+        with torch.no_grad():
+            return {"mean_opacity": float(torch.sigmoid(self.state.method.model.splats["opacities"]).mean())}
+
     def on_step_end(self, step: int, state: TrainState) -> None:
         if step < self.config.refine_start_iter:
             return

@@ -709,6 +709,8 @@ class Trainer:
                            "elapsed_s": round(self._elapsed(), 3)}
                     rec.update(self.method.train_stats())
                     rec.update({k: v for k, v in stats.items() if k not in rec})
+                    for plugin in self.plugins:
+                        rec.update({f"{plugin.name}/{k}": float(v) for k, v in plugin.log_values(done).items()})
                     log.write(json.dumps(rec) + "\n")
                     log.flush()
                 if progress.disable and (done % self._status_every() == 0 or done == cfg.steps):
