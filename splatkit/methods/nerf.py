@@ -159,13 +159,14 @@ class Nerf(Method):
             model.field.saliency.set_alpha(step, self.config.steps)
         model.update_occupancy(step, self.config.nerf_occ_every, OCC_THRESHOLD, OCC_WARMUP_STEPS)
         rays_o, rays_d, zscale = camera_rays(batch.viewmats, batch.Ks, batch.width, batch.height, batch.pixels)
-        out, self.last_samples = model.render_rays_train(rays_o, rays_d)
+        out, samples = model.render_rays_train(rays_o, rays_d)
+        self.last_samples = len(samples)
         colors = out.colors + (1.0 - out.opacities)[:, None] * batch.backgrounds
         depths = None
         if with_depth:
             depths = (out.depths / out.opacities.clamp_min(1e-10) * zscale)[None, None, :, None]
         return RenderOutputs(colors=colors[None, None], alphas=out.opacities[None, None, :, None],
-                             meta={"samples": self.last_samples}, depths=depths)
+                             meta={"samples": self.last_samples}, depths=depths, extras={"samples": samples})
 
     def render(self, viewmats, Ks, width, height, backgrounds, *, with_depth=True, step=None) -> RenderOutputs:
         renders, alphas, meta = self.model.render(viewmats, Ks, width, height, backgrounds=backgrounds,

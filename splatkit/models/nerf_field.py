@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -127,6 +127,10 @@ class NerfField(torch.nn.Module):
         if config.hollow_resolution > 0:
             self.saliency = hollow.SaliencyGrid(config.hollow_resolution, config.hollow_threshold)
         self.impl = "auto"  # hash encoding: "cpu" (C++), "torch" (HashGrid), "auto"
+        # Per-feature weights on the hash encoding [n_levels x features per level], None = all 1:
+        # FreeNeRF's frequency regularisation opens the finer levels over the run (set per step by
+        # the frequency_reg plugin; never saved: the finished model has every level open).
+        self.level_mask: Optional[Tensor] = None
 
     def encode(self, u: Tensor, keep: Optional[Tensor] = None, scale: Optional[Tensor] = None) -> Tensor:
         """Hash features of points in ``[0, 1]^3``, times ``scale [N]`` when given (HollowNeRF's
@@ -151,13 +155,16 @@ class NerfField(torch.nn.Module):
         (what ``forward`` computes before the colour; exports query it directly)."""
         u, inside = self.normalize(x)
         if self.saliency is None:
-            h = self.density_mlp(self.encode(u))
+            f = self.encode(u)
+            h = self.density_mlp(f if self.level_mask is None else f * self.level_mask.to(f.dtype))
             sigma = trunc_exp(h[:, 0] - 1.0) * inside  # nerfacc ngp.py: density outside the box is 0
             return sigma, h[:, 1:]
         # HollowNeRF: v = p f with p = sigmoid(trilinear(G, u)) (0 for pruned samples), and the
         # soft zero-skip gate tanh(alpha ||v||) on the density (splatkit.models.hollow).
         p, keep = self.saliency(u)
         v = self.encode(u, keep, p * keep)
+        if self.level_mask is not None:
+            v = v * self.level_mask.to(v.dtype)
         h = self.density_mlp(v)
         gate = hollow.zero_skip_gate(v, self.saliency.alpha)
         sigma = gate * trunc_exp(h[:, 0] - 1.0) * inside
@@ -170,6 +177,21 @@ class NerfField(torch.nn.Module):
         sigma, geo = self.density_and_features(x)
         rgb = torch.sigmoid(self.color_mlp(torch.cat([geo, sh_basis(DIR_SH_DEGREE, dirs)], dim=-1)))
         return rgb, sigma
+
+
+class TrainSamples(NamedTuple):
+    """The samples of a training step's rays: where they are (``packed``), their densities ``[S]``
+    and colours ``[S, 3]`` (in the autograd graph), and each ray's segment through the box
+    ``[t_near, t_far)`` before jitter and occupancy skipping (``[R]``)."""
+
+    packed: volume.PackedSamples
+    sigma: Tensor
+    rgb: Tensor
+    t_near: Tensor
+    t_far: Tensor
+
+    def __len__(self) -> int:  # the number of samples (what the step's cost grows with)
+        return int(self.packed.ray_indices.numel())
 
 
 def camera_rays(viewmats: Tensor, Ks: Tensor, width: int, height: int, pixels: Optional[Tensor] = None
@@ -248,13 +270,15 @@ class NerfModel(torch.nn.Module):
         return rays_o[ps.ray_indices] + mid[:, None] * rays_d[ps.ray_indices], rays_d[ps.ray_indices]
 
     def render_rays_train(self, rays_o: Tensor, rays_d: Tensor, generator: Optional[torch.Generator] = None
-                          ) -> tuple[volume.VolumeOutputs, int]:
+                          ) -> tuple[volume.VolumeOutputs, "TrainSamples"]:
         """Stratified samples of each ray up to where it turns opaque, differentiable:
         ``(outputs, number of samples)``. nerfacc's ``sampling(sigma_fn=...)`` drops the samples
         behind the point where transmittance falls below ``early_stop_eps`` after evaluating the
         density of all of them; here a density-only pass marches a few samples per ray at a time
-        and stops each ray there, so that space behind surfaces costs nothing."""
+        and stops each ray there, so that space behind surfaces costs nothing. The samples (with
+        their densities and colours, for regularisers) come back as :class:`TrainSamples`."""
         t_start, t_end = self.segments(rays_o, rays_d)
+        t_near, t_far = t_start.clone(), t_end.clone()
         jitter = torch.rand(t_start.shape, generator=generator).to(t_start.device)
         t_start = t_start + jitter * self.step_size
         t_end = self.opaque_from(rays_o, rays_d, t_start, t_end)
@@ -262,7 +286,7 @@ class NerfModel(torch.nn.Module):
         x, d = self.sample_points(rays_o, rays_d, ps)
         rgb, sigma = self.field(x, d)
         out = volume.render(sigma, rgb, ps.t_starts, ps.t_ends, ps.ray_indices, ps.packed_info, impl=self.impl)
-        return out, int(ps.ray_indices.numel())
+        return out, TrainSamples(ps, sigma, rgb, t_near, t_far)
 
     @torch.no_grad()
     def opaque_from(self, rays_o: Tensor, rays_d: Tensor, t_start: Tensor, t_end: Tensor,

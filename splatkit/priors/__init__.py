@@ -8,3 +8,4 @@ from splatkit.priors import sparse_views  # noqa: F401  (opacity decay, warp con
 from splatkit.priors import repair  # noqa: F401  (diffusion_repair: GaussianObject-style repair)
 from splatkit.priors import co_regularization  # noqa: F401  (co_reg: CoR-GS, two fields trained together)
 from splatkit.priors import floaters  # noqa: F401  (GaussianObject floater elimination)
+from splatkit.priors import free_nerf  # noqa: F401  (FreeNeRF frequency + occlusion regularisation, NeRF)

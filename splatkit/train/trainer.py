@@ -355,6 +355,10 @@ class Trainer:
                 raise SplatkitError(exc.message, resume_from) from None
             self._init_desc = f"resumed from {resume_from.name}"
         else:
+            if cfg.init in ("mvs", "triangulated"):
+                # Matching the views takes seconds to minutes before the first step: say so.
+                self._say(f"initial points: {'plane-sweep stereo' if cfg.init == 'mvs' else 'SIFT triangulation'} "
+                          f"over {len(self.train_scene)} training views (a few seconds per view on a CPU) ...")
             self._init_desc = self.method.initialize(self.train_scene, scene_scale=self.scene_scale)
             self.step = 0
             self._elapsed_before = 0.0
