@@ -199,11 +199,38 @@ def test_nerf_run_exports_mesh_and_gaussians_through_the_cli(scene_dir, tmp_path
     report = json.loads((run / "metrics_splats_ply.json").read_text())
     assert math.isfinite(report["mean"]["psnr"])
 
+    # --finetune-steps: the converted Gaussians train as a 3DGS run inside the NeRF run, and the
+    # file holds the trained ones (the training views' loss went down; the same count, no densification).
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--format", "ply", *mesh_args, "--quiet", "--no-bake-report",
+                 "--finetune-steps", "20", "--out", str(tmp_path / "tuned.ply")]) == 0
+    assert "then 20 3DGS steps" in capsys.readouterr().out
+    tuned, _ = read_splats_file(tmp_path / "tuned.ply")
+    plain, _ = read_splats_file(run / "export" / "splats.ply")
+    assert tuned["means"].shape == plain["means"].shape and not np.allclose(tuned["opacities"], plain["opacities"])
+    ft = run / "gaussians"
+    assert json.loads((ft / "config.json").read_text())["method"] == "3dgs"
+    log = [json.loads(line) for line in (ft / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 20
+    from splatkit.methods.scoring import score_views, settings_for
+
+    fine, _ = Run.open(ft).load_model()
+    source = Run.open(run)
+    scene, _, positions = source.views("train")
+    settings = settings_for(source.config, device="cpu")
+    from splatkit.app.export import _nerf_gaussians, NerfSurface
+
+    converted, _, _ = _nerf_gaussians(model, NerfSurface(20, thr), 3)
+    psnr = {label: np.mean([r["psnr"] for r in score_views(m, scene, positions, settings, composite_gt=False)[0]])
+            for label, m in (("converted", converted), ("tuned", fine))}
+    assert psnr["tuned"] > psnr["converted"] + 0.5  # fitted to the photos it trained on
+
     # Bad input: one line each.
     for args, message in ((["--format", "mesh", "--mesh-resolution", "12", "--mesh-threshold", "1e9"],
                            "no surface at density threshold"),
                           (["--format", "mesh", "--out", str(tmp_path / "m.stl")], ".ply or .obj"),
-                          (["--format", "ply", "--mesh-threshold", "-1"], "positive density")):
+                          (["--format", "ply", "--mesh-threshold", "-1"], "positive density"),
+                          (["--format", "ply", *mesh_args, "--finetune-steps", "-3"], "finetune-steps")):
         capsys.readouterr()
         assert main(["export", "--run", str(run), "--quiet", *args]) == 2
         err = capsys.readouterr().err.strip()

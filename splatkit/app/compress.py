@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -30,12 +29,13 @@ import torch
 
 import splatkit
 from splatkit.compress import posttrain
+from splatkit.app.run_start import save_payload, write_start
 from splatkit.compress.skz import read_skz, write_skz
 from splatkit.errors import SplatkitError
 from splatkit.methods.base import Plugin, TrainState, lr_scaled_adam, payload_normalization
 from splatkit.train import run as runfiles
 from splatkit.train.run import Run
-from splatkit.utils.atomic import atomic_path, write_text_atomic
+from splatkit.utils.atomic import write_text_atomic
 
 DEFAULT_KEEP = 0.6
 PRUNE_STEPS = 300  # the probe's fine-tune after pruning (issue #16)
@@ -191,7 +191,7 @@ def compress_run(run_dir, *, keep: Optional[float] = None, target_ratio: Optiona
 
     # 3. fine-tune the pruned model (the run's own loop, resumed from it)
     target.mkdir(parents=True, exist_ok=True)
-    _write_start(target, run, config, pruned, step0, normalization)
+    write_start(target, run, config, pruned, step0, normalization)
     step = step0
     trainer = None
     if prune_steps:
@@ -275,38 +275,12 @@ def _finetune_config(config, target: Path, device: Optional[str]):
         device=device or config.device)
 
 
-def _write_start(target: Path, run: Run, config, model, step: int, normalization) -> None:
-    """``target`` as a run folder whose checkpoint at ``step`` is ``model`` with fresh optimisers,
-    for the training loop to resume."""
-    write_text_atomic(target / runfiles.CONFIG_NAME,
-                      json.dumps({**config.to_dict(), "splatkit_version": splatkit.__version__}, indent=2) + "\n")
-    train_ids, test_ids = run.split()
-    write_text_atomic(target / runfiles.SPLIT_NAME, json.dumps({"train": train_ids, "test": test_ids}) + "\n")
-    payload = model.to_payload(step, normalization.to_dict(), method=config.method)
-    gen = torch.Generator().manual_seed(config.seed)
-    rng_state = random.Random(config.seed).getstate()
-    payload["trainer"] = {"optimizers": {}, "aux_optimizers": {}, "strategy_state": {}, "plugins": {},
-                          "rng": {"torch": torch.Generator().manual_seed(config.seed).get_state(), "cuda": None,
-                                  "numpy": np.random.RandomState(config.seed % 2**32).get_state(),
-                                  "python": rng_state, "generator": gen.get_state(),
-                                  "sampler": {"perm": [], "pos": 0}},
-                          "elapsed_s": 0.0, "config": config.to_dict()}
-    _save_payload(target, payload, step)
-
-
 def _save_checkpoint(target: Path, model, step: int, normalization, compression: dict) -> None:
     payload = model.to_payload(step, normalization.to_dict())
     payload["compression"] = compression
     for old in sorted((target / runfiles.CHECKPOINT_DIR).glob("ckpt_*.pt")):
         old.unlink(missing_ok=True)
-    _save_payload(target, payload, step)
-
-
-def _save_payload(target: Path, payload: dict, step: int) -> None:
-    path = target / runfiles.CHECKPOINT_DIR / runfiles.checkpoint_name(step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_payload(target, payload, step)
 
 
 def _subset(model, mask: torch.Tensor):

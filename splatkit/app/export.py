@@ -42,6 +42,14 @@ class NerfSurface:
     keep_largest: int = 0
     sh_degree: int = 0
     quiet: bool = False
+    finetune_steps: int = 0
+    """Splat formats: train the Gaussians made from the surface this many 3DGS steps on the run's
+    training views before writing them (0: write them as converted)."""
+
+
+# Where a NeRF run's fine-tuned Gaussians train (a 3DGS run folder inside the NeRF run, rewritten
+# by every export that fine-tunes).
+FINETUNE_DIR = "gaussians"
 
 
 def export_run(run_dir, fmt: str = "ply", out: Optional[str | Path] = None, checkpoint=None,
@@ -79,6 +87,10 @@ def export_run(run_dir, fmt: str = "ply", out: Optional[str | Path] = None, chec
         source = model
         model, nerf_notes, nerf_rms = _nerf_gaussians(source, surface, FORMAT_SH_DEGREE.get(fmt, 3))
     normalization = payload_normalization(payload)
+    if source is not None and surface.finetune_steps:
+        model = finetune_nerf_gaussians(run, model, normalization, surface.finetune_steps, surface.quiet)
+        nerf_notes += (f"; then {surface.finetune_steps} 3DGS steps on the training views (no densification; "
+                       f"run folder {run.path / FINETUNE_DIR})")
     if target is None:
         target = run.path / "export" / DEFAULT_NAMES[fmt]
     if source is not None:
@@ -165,6 +177,33 @@ def _nerf_gaussians(nerf, surface: NerfSurface, max_degree: int):
              f"{_threshold_note(mesh.threshold, surface)}, lattice {surface.resolution}, SH degree "
              f"{conv.model.sh_degree}, RMS colour error {conv.rms:.4f}): {NOTE}")
     return conv.model, notes, conv.rms
+
+
+def finetune_nerf_gaussians(run: Run, model, normalization, steps: int, quiet: bool = False):
+    """Gaussians made from a NeRF, trained ``steps`` more by the 3DGS method on the NeRF run's own
+    training views (3DGS' losses and learning rates, the run's background and masks, no
+    densification: the surface gave them their places) in ``RUN/gaussians``; returns the trained
+    model. The discs approximate a soft volume by a surface; a short fine-tune lets their colours,
+    opacities and shapes fit the photos instead."""
+    import dataclasses
+    import shutil
+
+    from splatkit.app.run_start import write_start
+    from splatkit.train.trainer import Trainer
+
+    if steps < 0:
+        raise SplatkitError(f"--finetune-steps must be >= 0, got {steps}")
+    target = run.path / FINETUNE_DIR
+    if target.exists():
+        shutil.rmtree(target)  # only this function writes there
+    config = dataclasses.replace(
+        run.config, method="3dgs", preset=None, out=target, steps=steps, densify=False, ssim_lambda=0.2,
+        regularizers=[], plugins={}, sh_degree=model.sh_degree, sh_degree_interval=1, checkpoint_every=0,
+        preview_every=0, keep_checkpoints=1, color_field=False, gaussian_masks=False, rvq=False).resolved()
+    write_start(target, run, config, model, 0, normalization)
+    trainer = Trainer(config, resume=True, quiet=quiet)
+    trainer.train()
+    return trainer.eval_model()
 
 
 def _surface_mesh(nerf, surface: NerfSurface):

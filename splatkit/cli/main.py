@@ -363,6 +363,9 @@ class Export:
     """NeRF runs: keep only this many largest connected components of the surface (0: all)."""
     nerf_sh_degree: int = 0
     """NeRF runs, splat formats: SH degree fitted to the colour MLP per Gaussian (0..3)."""
+    finetune_steps: int = 0
+    """NeRF runs, splat formats: train the Gaussians this many 3DGS steps on the run's training
+    views before writing them (in RUN/gaussians; 0: as converted)."""
     quiet: tyro.conf.FlagCreatePairsOff[bool] = False
     """No progress output."""
 
@@ -373,7 +376,7 @@ class Export:
         fmt = self.format.lower() if self.format.lower() == MESH_FORMAT else check_format(self.format)
         bits = {} if self.table_bits is None else {"table_bits": self.table_bits}
         surface = NerfSurface(self.mesh_resolution, self.mesh_threshold, self.mesh_keep_largest,
-                              self.nerf_sh_degree, self.quiet)
+                              self.nerf_sh_degree, self.quiet, self.finetune_steps)
         res = export_run(self.run_dir, fmt, out=self.out, checkpoint=self.checkpoint, report_bake=self.bake_report,
                          surface=surface, **bits)
         if fmt == MESH_FORMAT:

@@ -14,8 +14,10 @@ One flat Gaussian per vertex of the NeRF's marching-cubes surface (:mod:`splatki
   (its samples' weights, the colour MLP at each sample) seen from ``num_dirs`` directions on the
   hemisphere in front of the surface (degree 0: their mean).
 
-No fine-tuning: what the field renders as a soft volume, the discs render as a surface, so the
-Gaussians' test PSNR is below the NeRF's (``splatkit export`` prints both).
+No fine-tuning here: what the field renders as a soft volume, the discs render as a surface, so the
+Gaussians' test PSNR is below the NeRF's (``splatkit export`` prints both);
+``splatkit export --finetune-steps N`` then trains them as 3DGS on the run's training views
+(:func:`splatkit.app.export.finetune_nerf_gaussians`).
 """
 
 from __future__ import annotations
