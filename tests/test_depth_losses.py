@@ -119,3 +119,68 @@ def test_dropout_rate_schedule_and_opacity_compensation():
     assert torch.allclose(out["opacities"][kept], torch.tensor(0.5 / 0.8))  # compensated
     assert out["opacities"].mean().item() == pytest.approx(0.5, rel=0.02)  # expected opacity kept
     assert out["means"] is params["means"] and params["opacities"].eq(0.5).all()  # inputs untouched
+
+
+def _ray_batch(priors, n=400, seed=0):
+    """A NeRF-style batch: ``n`` scattered pixel rays over two views, whose rendered depth is
+    given per test."""
+    from splatkit.methods.base import Batch
+
+    g = torch.Generator().manual_seed(seed)
+    H, W = priors[0].shape
+    pix = torch.stack([torch.randint(2, (n,), generator=g), torch.randint(H, (n,), generator=g),
+                       torch.randint(W, (n,), generator=g)], -1)
+    img = torch.zeros(1, 1, n, 3)
+    batch = Batch(step=0, positions=[1, 0], view_ids=[1, 0], images=img, target=img,
+                  viewmats=torch.eye(4).expand(2, 4, 4), Ks=torch.eye(3).expand(2, 3, 3), width=W, height=H,
+                  backgrounds=torch.zeros(n, 3), pixels=pix)
+    # The prior depth each ray's pixel has (batch view b is training view positions[b]).
+    truth = torch.stack([priors[[1, 0][b]][y, x] for b, y, x in pix.tolist()])
+    return batch, truth
+
+
+def _plugin(cls, priors):
+    cfg = TrainConfig(steps=10).resolved()
+    plugin = cls(cfg, cls.Config())
+    plugin.priors, plugin.device = priors, torch.device("cpu")
+    plugin.generator = torch.Generator().manual_seed(0)
+    return plugin
+
+
+def test_ranking_and_pearson_take_a_nerf_batch_of_scattered_rays():
+    from splatkit.methods.base import RenderOutputs
+    from splatkit.priors.depth_losses import DepthPearson, DepthRanking
+
+    torch.manual_seed(0)
+    priors = [torch.rand(12, 16) + 1.0, torch.rand(12, 16) + 1.0]
+    batch, truth = _ray_batch(priors)
+
+    def outputs(depth):
+        return RenderOutputs(colors=torch.zeros(1, 1, len(depth), 3), alphas=torch.ones(1, 1, len(depth), 1), meta={},
+                             depths=depth.reshape(1, 1, -1, 1))
+
+    rank, pearson = _plugin(DepthRanking, priors), _plugin(DepthPearson, priors)
+    # Depth in the prior's own order (an affine map of it): nothing to correct.
+    assert float(rank.loss(0, batch, outputs(2 * truth + 1))) == pytest.approx(0.0, abs=1e-8)  # within the margin
+    assert float(pearson.loss(0, batch, outputs(2 * truth + 1))) == pytest.approx(0.0, abs=1e-6)
+    # Reversed order: both penalise, and the ranking's gradient pushes each ray the right way.
+    depth = (-truth).clone().requires_grad_(True)
+    loss = rank.loss(0, batch, outputs(depth))
+    assert float(loss.detach()) > 0.01 and float(pearson.loss(0, batch, outputs(-truth))) == pytest.approx(2 * 0.05, rel=1e-4)
+    loss.backward()
+    moved = depth.grad != 0
+    # Rays the prior calls far are pulled back (gradient < 0 raises them), near ones pushed forward.
+    far = truth > truth.median()
+    assert (depth.grad[moved & far] <= 0).float().mean() > 0.9
+
+
+def test_continuity_and_patch_refuse_the_nerf():
+    from splatkit.errors import SplatkitError
+    from splatkit.methods.plugins import build_plugins
+
+    for name in ("depth_continuity", "depth_patch"):
+        cfg = TrainConfig(method="nerf", regularizers=[name], depth_prior="files")
+        with pytest.raises(SplatkitError, match="works with method"):
+            build_plugins(cfg, "nerf")
+    assert [p.name for p in build_plugins(TrainConfig(method="nerf", regularizers=["depth_ranking", "depth_pearson"],
+                                                      depth_prior="files"), "nerf")] == ["depth_ranking", "depth_pearson"]

@@ -95,3 +95,13 @@ def test_freenerf_plugins_refuse_3dgs(scene_dir, tmp_path):
     with pytest.raises(SplatkitError, match="occlusion_reg"):
         Trainer(resolve_config({"data": scene_dir, "out": tmp_path / "r", "steps": 1, "init_num_points": 50,
                                 "regularizers": ["occlusion_reg"]}), quiet=True).train()
+
+
+def test_nerf_trains_with_the_depth_ranking_and_pearson_priors(scene_dir, tmp_path):
+    """SparseNeRF's ranking and FSGS' Pearson on the NeRF's scattered rays, from depth files."""
+    values = {**TINY_VALUES, "data": scene_dir, "method": "nerf", "steps": 4, "log_every": 2,
+              "regularizers": ["depth_ranking", "depth_pearson"], "depth_prior": "files"}
+    Trainer(resolve_config({**values, "out": tmp_path / "r"}), quiet=True).train()
+    log = [json.loads(line) for line in (tmp_path / "r" / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["depth_ranking"] >= 0 and 0 <= r["depth_pearson"] <= 0.1 for r in log)
+    assert any(r["depth_pearson"] > 0 for r in log)

@@ -161,10 +161,21 @@ class _DepthPriorPlugin(Plugin):
             self.generator.set_state(state["generator"])
 
     def per_view(self, batch: Batch, outputs: RenderOutputs):
+        """``(rendered, prior)`` per view of the step: ``[H, W]`` maps for whole rendered views;
+        for a batch of pixel rays (the NeRF) the view's rays, flat ``[M]`` each (no image layout)."""
         if outputs.depths is None:
             raise SplatkitError(f"{self.name}: the trainer did not render depth")
-        for b, pos in enumerate(batch.positions):
-            yield outputs.depths[b, ..., 0], self.priors[pos]
+        if batch.pixels is None:
+            for b, pos in enumerate(batch.positions):
+                yield outputs.depths[b, ..., 0], self.priors[pos]
+            return
+        rendered = outputs.depths.reshape(-1)
+        b, y, x = batch.pixels.unbind(-1)
+        for i, pos in enumerate(batch.positions):
+            sel = torch.nonzero(b == i).squeeze(-1)
+            if len(sel) >= 2:
+                prior = self.priors[pos].to(rendered.device)
+                yield rendered[sel], prior[y[sel], x[sel]]
 
     def _randint(self, high: int, n: int) -> torch.Tensor:
         return torch.randint(0, high, (n,), generator=self.generator).to(self.device)
@@ -193,6 +204,13 @@ class DepthRanking(_DepthPriorPlugin):
         cfg = self.settings
         terms = []
         for rendered, prior in self.per_view(batch, outputs):
+            if prior.dim() == 1:
+                # A view's scattered rays (NeRF): pairs of random rays of the view, i.e. the whole
+                # image as the box (SparseNeRF's DTU setting); ``box`` needs whole views.
+                n = len(prior)
+                terms.append(ranking_loss(rendered, prior, self._randint(n, cfg.pairs), self._randint(n, cfg.pairs),
+                                          cfg.margin))
+                continue
             H, W = prior.shape
             bh = max(2, min(H, int(round(cfg.box * H))))
             bw = max(2, min(W, int(round(cfg.box * W))))
@@ -203,15 +221,19 @@ class DepthRanking(_DepthPriorPlugin):
             yb, xb = self._randint(bh, n) + y0, self._randint(bw, n) + x0
             terms.append(ranking_loss(rendered.reshape(-1), prior.reshape(-1), ya * W + xa, yb * W + xb,
                                       cfg.margin))
+        if not terms:
+            return outputs.depths.sum() * 0.0
         return cfg.weight * torch.stack(terms).mean()
 
 
 @register_plugin
 class DepthContinuity(_DepthPriorPlugin):
     """SparseNeRF's spatial continuity: anchors paired with prior-similar neighbours in a ±3 px
-    window (the closest 30%)."""
+    window (the closest 30%). Needs whole rendered views (3DGS): a NeRF's batch of scattered rays
+    has no neighbours."""
 
     name = "depth_continuity"
+    applies_to = ("3dgs",)
     legacy_keys = {"depth_continuity_weight": "weight", "depth_continuity_window": "window",
                    "depth_continuity_fraction": "fraction", "depth_rank_pairs": "pairs",
                    "depth_rank_margin": "margin"}
@@ -255,14 +277,18 @@ class DepthPearson(_DepthPriorPlugin):
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
         terms = [pearson_loss(r.reshape(-1), p.reshape(-1)) for r, p in self.per_view(batch, outputs)]
+        if not terms:
+            return outputs.depths.sum() * 0.0
         return self.settings.weight * torch.stack(terms).mean()
 
 
 @register_plugin
 class DepthPatchNormalized(_DepthPriorPlugin):
-    """DNGaussian: L1 between patch-normalised rendered and prior depth, random patch-grid offset."""
+    """DNGaussian: L1 between patch-normalised rendered and prior depth, random patch-grid offset.
+    Needs whole rendered views (3DGS)."""
 
     name = "depth_patch"
+    applies_to = ("3dgs",)
     legacy_keys = {"depth_patch_weight": "weight", "depth_patch_size": "size"}
 
     @dataclass
