@@ -1,26 +1,30 @@
-"""Sparse views on real photos: each network-free technique added to plain 3DGS, and all of them
-together, on the real scenes of ``../shared/data`` (DTU scans 65 and 37, masked DTU protocol;
-LLFF fern at x8, LLFF protocol), scored as ``splatkit benchmark`` scores (same runs, same pictures).
+"""Sparse views on real photos: each network-free technique added to plain 3DGS, each removed from
+all of them together, on the real scenes of ``../shared/data`` (DTU scans 65 and 37, masked DTU
+protocol; LLFF fern at x8, LLFF protocol), scored as ``splatkit benchmark`` scores (same runs, same
+pictures).
 
-Variants (``--variants``), all on the ``sparse`` preset's schedule and initialisation with its
-plugins removed (``plain``: random init of 10k points in the sphere every camera sees, SH degree 1,
-densification from steps/60 to steps/2, no depth prior):
+Variants (``--variants``, comma separated), all on the ``sparse`` preset's other settings (SH degree
+1, 10k initial points, no opacity reset, no depth prior):
 
-* ``plain``; ``+opacity_decay`` (Binocular3DGS x0.995 per step, densifying to the end as its
-  authors do); ``+warp`` (Binocular3DGS warp consistency); ``+dark_backdrop`` (DTU only);
-  ``+triangulated`` (``init="triangulated"``); ``+dropout`` (DropGaussian); ``all`` (every one of
-  these that applies to the scene);
-* measured apart and not in ``all``: ``+co_reg`` (CoR-GS: a second field, co-pruning, pseudo-view
-  co-regularisation, about twice a plain run's time; DTU settings of its authors, LLFF's on fern);
-  ``+dark_exclude`` (DTU only: ``dark_backdrop`` with the backdrop also left out of the
-  photometric loss, as CoR-GS does on DTU).
+* ``plain``: random init in the sphere every camera sees, densification from steps/60 to steps/2
+  (3DGS' proportions), no plugins;
+* ``+a+b``: techniques added to ``plain``; ``all``: every technique of ``FULL`` that applies to the
+  scene (the ``sparse`` preset); ``all-a+b``: ``all`` without some of them, with others.
 
-Each run takes ``/tmp/splatkit-heavy.lock`` while it trains (the machine is shared), finished runs
-are reused, so an interrupted measurement continues where it stopped. Pictures (ground truth |
-render | error) are in ``OUT/<variant>/images``.
+Techniques: ``mvs`` (``init="mvs"``, plane-sweep stereo), ``triangulated`` (``init="triangulated"``),
+``opacity_decay`` (Binocular3DGS x0.995 per step, densifying to the end as its authors do), ``warp``
+(Binocular3DGS warp consistency), ``dropout`` (DropGaussian), ``dark_backdrop`` (DTU only),
+``dark_exclude`` (DTU only: ``dark_backdrop`` with the backdrop also left out of the photometric
+loss, as CoR-GS does on DTU), ``random_bg`` (a random background colour per step), ``co_reg``
+(CoR-GS: a second field, co-pruning, pseudo-view co-regularisation, about twice a plain run's time;
+its authors' DTU settings, LLFF's on fern).
 
-    .venv/bin/python scripts/bench_sparse_real.py [--scenes scan65,scan37,fern] [--steps 600]
-        [--seeds 0,1,2] [--variants plain,+warp] [--write]
+Each run takes a lock file (``--lock``, default ``/tmp/splatkit-heavy.lock``: the machine is shared)
+while it trains; finished runs are reused, so an interrupted measurement continues where it stopped.
+Pictures (ground truth | render | error) are in ``OUT/<variant>/images``.
+
+    .venv/bin/python scripts/bench_sparse_real.py [--scenes scan65,scan37,fern] [--steps 3000]
+        [--views 3] [--seeds 0,1,2] [--variants plain,+mvs,all,all-warp] [--write]
 """
 
 from __future__ import annotations
@@ -46,30 +50,82 @@ BASE_PRESET = "sparse"
 SCENES = {"scan65": ("dtu", "dtu_scan65"), "scan37": ("dtu", "dtu_scan37"), "fern": ("llff", "llff_fern")}
 
 
-def variants(steps: int, dtu: bool) -> dict[str, dict]:
-    decay = {"regularizers": ["opacity_decay"], "refine_stop_iter": steps}
-    out = {"plain": {"regularizers": []}, "+opacity_decay": decay,
-           "+warp": {"regularizers": ["warp_consistency"]}, "+triangulated": {"regularizers": [], "init": "triangulated"},
-           "+dropout": {"regularizers": ["dropout"]}}
-    if dtu:
-        out["+dark_backdrop"] = {"regularizers": ["dark_backdrop"]}
-    regs = [r for v in out.values() for r in v.get("regularizers", [])]
-    out["all"] = {"regularizers": list(dict.fromkeys(regs)), "refine_stop_iter": steps, "init": "triangulated"}
-    # Measured apart (not in "all"): CoR-GS' second field, and the backdrop left out of the loss.
+def techniques(steps: int, dtu: bool) -> dict[str, dict]:
+    """Each technique as the config values it adds to the base (``plain``)."""
     from splatkit.priors.co_regularization import PRUNE_THRESHOLD_LLFF, PSEUDO_START_LLFF
 
-    out["+co_reg"] = {"regularizers": ["co_reg"]} if dtu else {
-        "regularizers": ["co_reg"],
-        "plugins": {"co_reg": {"start": PSEUDO_START_LLFF, "prune_threshold": PRUNE_THRESHOLD_LLFF}}}
+    out = {"opacity_decay": {"regularizers": ["opacity_decay"], "refine_stop_iter": steps},
+           "warp": {"regularizers": ["warp_consistency"]},
+           "triangulated": {"init": "triangulated"},
+           "mvs": {"init": "mvs"},
+           # Every consistent stereo point (up to 200k), not a random init_num_points subset of them.
+           "mvs_all": {"init": "mvs", "init_num_points": 200_000},
+           # The stereo depth as a depth prior (FSGS' Pearson loss on the pixels two views agree on).
+           "mvs_depth": {"depth_prior": "mvs", "regularizers": ["depth_pearson"]},
+           "dropout": {"regularizers": ["dropout"]},
+           # A new random background colour per step: the splats must cover the photo opaquely.
+           "random_bg": {"background": "random"},
+           "co_reg": {"regularizers": ["co_reg"]} if dtu else {
+               "regularizers": ["co_reg"],
+               "plugins": {"co_reg": {"start": PSEUDO_START_LLFF, "prune_threshold": PRUNE_THRESHOLD_LLFF}}}}
     if dtu:
-        out["+dark_exclude"] = {"regularizers": ["dark_backdrop"],
-                                "plugins": {"dark_backdrop": {"exclude_from_loss": True}}}
+        out["dark_backdrop"] = {"regularizers": ["dark_backdrop"]}
+        out["dark_exclude"] = {"regularizers": ["dark_backdrop"],
+                               "plugins": {"dark_backdrop": {"exclude_from_loss": True}}}
     return out
 
 
+# The techniques of ``all`` (the full combination the ablation removes one at a time from).
+FULL = ("mvs", "opacity_decay", "warp", "dropout", "dark_backdrop")
+DEFAULT_VARIANTS = ("plain", "+opacity_decay", "+warp", "+triangulated", "+mvs", "+dropout", "+dark_backdrop",
+                    "+co_reg", "+dark_exclude", "all")
+
+
+def variant_config(name: str, steps: int, dtu: bool) -> dict:
+    """Config values of a variant: ``plain``; ``+a+b`` (techniques added to plain); ``all`` (every
+    technique of :data:`FULL` that applies to the scene); ``all-a+b`` (``all`` without some, with
+    others)."""
+    table = techniques(steps, dtu)
+    import re
+
+    if name == "plain":
+        chosen: list[str] = []
+    elif name.startswith("all"):
+        ops = re.findall(r"([+-])([a-z_0-9]+)", name[3:])
+        removed = [t for op, t in ops if op == "-"]
+        added = [t for op, t in ops if op == "+"]
+        chosen = [t for t in FULL if t in table and t not in removed] + added
+        unknown = [t for t in removed if t not in FULL] + [t for t in added if t not in table]
+    elif name.startswith("+"):
+        chosen = [t for t in name[1:].split("+") if t]
+        unknown = [t for t in chosen if t not in table]
+    else:
+        raise SystemExit(f"variant {name!r}: write plain, +a+b or all-a-b")
+    if name != "plain" and unknown:
+        raise SystemExit(f"variant {name!r}: unknown technique(s) {unknown}; known: {', '.join(techniques(steps, True))}")
+    # plain: random init of init_num_points, densification over 3DGS' share of the run (1/60 to 1/2),
+    # no plugins, whatever the preset itself lists.
+    values: dict = {"regularizers": [], "init": "random", "refine_stop_iter": max(1, steps // 2)}
+    for t in chosen:
+        for key, val in table[t].items():
+            if key == "regularizers":
+                values["regularizers"] += [r for r in val if r not in values["regularizers"]]
+            elif key == "plugins":
+                for plugin, settings in val.items():
+                    values.setdefault("plugins", {}).setdefault(plugin, {}).update(settings)
+            else:
+                values[key] = val
+    return values
+
+
+def applies(name: str, dtu: bool) -> bool:
+    """DTU-only techniques are skipped on LLFF."""
+    return dtu or not any(t in name for t in ("dark_backdrop", "dark_exclude")) or name.startswith("all")
+
+
 @contextmanager
-def heavy_lock():
-    with open(LOCK, "w") as fh:
+def heavy_lock(path: Path = LOCK):
+    with open(path, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -89,17 +145,27 @@ def cases(name: str, views: int):
 
 
 def main() -> None:
-    from splatkit.eval.benchmark import BenchmarkSpec, run_one
+    from splatkit.eval.benchmark import BenchmarkSpec, _run_done, run_one
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", default="scan65,scan37,fern")
     parser.add_argument("--views", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--variants", default=None, help="comma separated (default: every one)")
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "sparse_real")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: outputs/bench/sparse_real/<views>v_<steps>")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: report the runs that have finished (others show '-')")
+    parser.add_argument("--pictures", default=None, metavar="VARIANTS",
+                        help="also write docs/images/sparse_real_<views>v.jpg: per scene one test view, ground "
+                             "truth beside these finished variants (comma separated, seed 0)")
+    parser.add_argument("--lock", type=Path, default=LOCK,
+                        help="file locked while a run trains (give parallel measurements their own)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = ROOT / "outputs" / "bench" / "sparse_real" / f"{args.views}v_{args.steps}"
     scenes = [s for s in args.scenes.split(",") if s]
     unknown = sorted(set(scenes) - set(SCENES))
     if unknown:
@@ -113,53 +179,112 @@ def main() -> None:
     plan = []
     for scene in scenes:
         suite, case = cases(scene, args.views)
-        table = variants(args.steps, suite == "dtu")
-        chosen = [v for v in (args.variants.split(",") if args.variants else table) if v in table]
-        plan += [(scene, suite, case, v, table[v]) for v in chosen]
+        dtu = suite == "dtu"
+        chosen = [v for v in (args.variants.split(",") if args.variants else DEFAULT_VARIANTS) if applies(v, dtu)]
+        plan += [(scene, suite, case, v, variant_config(v, args.steps, dtu)) for v in chosen]
     order = list(dict.fromkeys(v for _, _, _, v, _ in plan))
+    section = SECTION if args.views == 3 else f"{SECTION}_{args.views}v"
+    text = ""
     for scene, suite, case, variant, overrides in plan:
         spec = BenchmarkSpec(suite=suite, out=args.out / variant, views=args.views, steps=args.steps,
                              device="cpu", overrides={**overrides, "preview_every": 0})
         for seed in seeds:
-            with heavy_lock():
+            if args.report_only:
+                # Never touch a run another process may be training: finished ones only.
+                if not _run_done(spec.out / "runs" / case.name / BASE_PRESET / f"seed{seed}"):
+                    continue
                 record = run_one(spec, case, BASE_PRESET, seed, print)
+            else:
+                with heavy_lock(args.lock):
+                    record = run_one(spec, case, BASE_PRESET, seed, print)
             results.setdefault((scene, variant), []).append(record)
             # The section is rewritten after every run: a long measurement shows what has finished.
             text = report(args, scenes, order, results, load, len(plan) * len(seeds))
             if args.write:
-                write_section(SECTION, text)
+                write_section(section, text)
     print(text)
+    if args.pictures:
+        path = pictures(args, scenes, [v for v in args.pictures.split(",") if v])
+        print(f"wrote {path}")
+
+
+# The test view shown per scene: a DTU view far from the three training cameras (the hard case
+# the masked mean is dominated by) and fern's first held-out image.
+PICTURE_VIEW = {"scan65": 1, "scan37": 1, "fern": None}
+PICTURE_TILE = (300, 225)  # every tile's (width, height): DTU's and LLFF's 4:3 at the same size
+
+
+def pictures(args, scenes: list[str], variants: list[str]) -> Path:
+    """One row per scene: ground truth | each variant's render of one test view (seed 0 runs)."""
+    from splatkit.data.imageio_utils import write_image
+    from splatkit.methods.scoring import render_views, settings_for
+    from splatkit.train.run import Run
+
+    rows = []
+    for scene_name in scenes:
+        _, case = cases(scene_name, args.views)
+        tiles = []
+        for v in variants:
+            run = Run.open(args.out / v / "runs" / case.name / BASE_PRESET / "seed0")
+            model, _ = run.load_model()
+            scene, ids, positions = run.views("test")
+            want = PICTURE_VIEW.get(scene_name)
+            pos = positions[ids.index(want)] if want in ids else positions[0]
+            if not tiles:
+                tiles.append(scene.images[pos])
+            (_, rgb, _, _), = render_views(model, scene.cameras[[pos]], settings_for(run.config))
+            tiles.append(np.clip(rgb, 0, 1))
+        rows.append(np.concatenate([_resized(t, PICTURE_TILE) for t in tiles], axis=1))
+    out = ROOT / "docs" / "images" / f"sparse_real_{args.views}v.jpg"
+    write_image(out, np.concatenate(rows, axis=0))
+    return out
+
+
+def _resized(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
+    t = torch.nn.functional.interpolate(t, size=(size[1], size[0]), mode="bilinear", antialias=True)
+    return t[0].permute(1, 2, 0).clamp(0, 1).numpy()
 
 
 def report(args, scenes, order, results, load, planned: int) -> str:
-    lines = ["| scene | metric | " + " | ".join(f"`{v}`" for v in order) + " |", "|---|---|" + "---|" * len(order)]
-    for scene in scenes:
-        metric = "masked_psnr" if SCENES[scene][0] == "dtu" else "psnr"
-        base = [r["mean"][metric] for r in results.get((scene, "plain"), [])]
-        cells = []
-        for v in order:
-            vals = [r["mean"][metric] for r in results.get((scene, v), [])]
-            delta = "" if v == "plain" or not vals or not base else f" ({np.mean(vals) - np.mean(base):+.2f})"
-            cells.append(mean_std(vals) + delta)
-        lines.append(f"| {scene} | {metric.replace('_', ' ')} | " + " | ".join(cells) + " |")
-    times = [f"{scene} `{v}` {np.mean([r['train_time_s'] for r in rs]) / 60:.1f}"
-             for (scene, v), rs in results.items() if all(r.get("train_time_s") for r in rs)]
+    """Variants as rows, scenes as columns: mean ± std over seeds (and how many), the difference
+    to ``plain`` in brackets."""
+    metrics = {s: "masked_psnr" if SCENES[s][0] == "dtu" else "psnr" for s in scenes}
+    head = "| variant | " + " | ".join(f"{s} {metrics[s].replace('_', ' ')}" for s in scenes) + " | minutes per run |"
+    lines = [head, "|---|" + "---|" * (len(scenes) + 1)]
+    for v in order:
+        cells, minutes = [], []
+        for s in scenes:
+            rs = results.get((s, v), [])
+            vals = [r["mean"][metrics[s]] for r in rs]
+            base = [r["mean"][metrics[s]] for r in results.get((s, "plain"), [])]
+            if not vals:
+                cells.append("-" if applies(v, SCENES[s][0] == "dtu") else "n/a")
+                continue
+            delta = "" if v == "plain" or not base else f" ({np.mean(vals) - np.mean(base):+.2f})"
+            cells.append(f"{mean_std(vals)} [{len(vals)}]{delta}")
+            minutes += [r["train_time_s"] / 60 for r in rs if r.get("train_time_s")]
+        lines.append(f"| `{v}` | " + " | ".join(cells) + f" | {np.mean(minutes):.1f} |" if minutes else
+                     f"| `{v}` | " + " | ".join(cells) + " | - |")
     done = sum(len(rs) for rs in results.values())
-    return f"""## Sparse views on real photos: each technique added to plain 3DGS
+    return f"""## Sparse views on real photos ({args.views} views): techniques added to plain 3DGS and removed from all
 
-`python scripts/bench_sparse_real.py --scenes {args.scenes} --steps {args.steps} --seeds {args.seeds}
+`python scripts/bench_sparse_real.py --views {args.views} --scenes {args.scenes} --steps {args.steps} --seeds {args.seeds}
 {'' if args.variants is None else f'--variants {args.variants} '}--write` on {machine_info()}; load
 average {'unknown' if load is None else f'{load:.1f}'} at the start (the machine is shared: times are
-upper bounds). {args.views} training views (DTU: ids 25, 22, 28, masked PSNR over the 25 protocol test
-views; fern: x8, every 8th image held out, PSNR), {args.steps} steps, seed(s) {args.seeds}, mean ± std
-over seeds, difference to `plain` in brackets; {done} of {planned} planned runs finished ("-": not
-run yet). `plain` is the `sparse` preset without its plugins (random init of 10k points, SH degree 1,
-no depth prior); every other column adds one technique (see the script's doc), `all` adds all of
-them but `+co_reg` and `+dark_exclude`. Pictures (ground truth | render | error): `OUT/<variant>/images/`.
+upper bounds). {args.views} training views (DTU: the protocol's first {args.views} of 25, 22, 28, 40, 44, 48, 0, 8, 13,
+masked PSNR over the 25 protocol test views; fern: x8, every 8th image held out, PSNR), {args.steps} steps; each
+cell is the mean ± std over the seeds that finished [how many], its difference to `plain` in brackets;
+{done} of {planned} planned runs ("-": not run). `plain`: random init of 10k points in the sphere every camera
+sees, SH degree 1, densification over 1/60 to 1/2 of the run, no plugins, no depth prior. `+a+b` adds
+techniques to it, `all` is every technique of the `sparse` preset ({', '.join(FULL)}; `dark_backdrop`
+stands down on fern's bright backdrop), `all-a` removes one; see the script's doc. Minutes: training time per
+run, averaged over the row (runs shared the 2 cores with up to two others, 1 thread each). Pictures (ground
+truth | render | error): `OUT/<variant>/images/`.
 
 {chr(10).join(lines)}
-
-Training minutes per run: {'; '.join(times) or '-'}.
 """
 
 

@@ -162,3 +162,20 @@ def test_mvs_init_on_the_real_scan():
         ok = (z[v] > 0) & (px >= 0) & (px < m.shape[1]) & (py >= 0) & (py < m.shape[0])
         inside.append((m[py[ok], px[ok]] > 0.5).mean())
     assert np.mean(inside) > 0.8
+
+
+def test_stereo_depth_prior_is_the_consistent_sweep_with_unknown_as_nan():
+    from splatkit.data.mvs import stereo_depths
+    from splatkit.priors.depth_sources import depth_priors_for_scene
+
+    scene, truth = _plane_scene(CENTERS)
+    # Parallel cameras have no focus point: SfM points on the plane give the sweep its range.
+    xy = np.random.default_rng(0).uniform(-0.5, 0.5, (50, 2))
+    scene.points = np.stack([xy[:, 0], xy[:, 1], (PLANE_D - xy @ PLANE_N[:2]) / PLANE_N[2]], -1)
+    priors = depth_priors_for_scene(scene, "mvs")
+    maps, (near, far) = stereo_depths(scene)  # remembered: the same sweep
+    assert near < 3.0 < far
+    for prior, m, gt in zip(priors, maps, truth):
+        known = np.isfinite(prior)
+        assert np.array_equal(known, m > 0) and known.mean() > 0.3
+        assert np.median(np.abs(prior[known] - gt[known]) / gt[known]) < 0.01

@@ -213,8 +213,9 @@ class Train:
     init: Optional[Literal["auto", "sfm", "random", "triangulated", "mvs", "visual_hull"]] = None
     init_num_points: Optional[int] = None
     depth_prior: Optional[str] = None
-    """Depth prior for the depth losses: none, files (depth/<image stem>.npy|png|pfm) or a depth model
-    (depth-anything-v2-small, dpt-hybrid-midas, a Hugging Face id or a local folder; offline)."""
+    """Depth prior for the depth losses: none, files (depth/<image stem>.npy|png|pfm), mvs (the
+    training views' own plane-sweep stereo: no network) or a depth model (depth-anything-v2-small,
+    dpt-hybrid-midas, a Hugging Face id or a local folder; offline)."""
     depth_prior_kind: Optional[Literal["metric", "depth", "inverse"]] = None
     """What depth files hold: metric z-depth, relative depth or relative inverse depth / disparity
     (default: their folder's kind.txt, else relative depth)."""

@@ -203,43 +203,12 @@ def consistent_points(scene: Scene, depths: Sequence[np.ndarray], *, min_consist
     (unprojected and projected back into ``r``) comes within ``max_reproj_px`` pixels and
     ``max_rel_depth`` relative depth of it (COLMAP's fusion test, forward-backward). Returns
     ``(points [P, 3], colors [P, 3] in [0, 1], view [P])``, each point coloured by its pixel."""
-    cams = scene.cameras
-    w2c = cams.worldtocams()
     out_pts, out_cols, out_view = [], [], []
     for r in range(len(scene)):
-        d = np.asarray(depths[r], dtype=np.float64)
-        ys, xs = np.nonzero(d > 0)
-        if len(ys) == 0:
+        found = _consistent_pixels(scene, depths, r, min_consistent, max_reproj_px, max_rel_depth)
+        if found is None:
             continue
-        z = d[ys, xs]
-        pix = np.stack([xs + 0.5, ys + 0.5, np.ones_like(z)], -1)
-        cam = (np.linalg.inv(cams.Ks[r]) @ pix.T).T * z[:, None]
-        world = cam @ cams.camtoworlds[r, :3, :3].T + cams.camtoworlds[r, :3, 3]
-        votes = np.zeros(len(z), dtype=np.int32)
-        for s in range(len(scene)):
-            if s == r:
-                continue
-            ds = np.asarray(depths[s], dtype=np.float64)
-            Hs, Ws = ds.shape
-            ps = world @ w2c[s, :3, :3].T + w2c[s, :3, 3]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                uv = (ps @ cams.Ks[s].T)[:, :2] / ps[:, 2:3]
-            ui, vi = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
-            inside = (ps[:, 2] > 0) & (ui >= 0) & (ui < Ws) & (vi >= 0) & (vi < Hs)
-            zs = np.zeros(len(z))
-            zs[inside] = ds[vi[inside], ui[inside]]
-            ok = inside & (zs > 0)
-            # The source's own point at that pixel, back into the reference view.
-            pix_s = np.stack([ui + 0.5, vi + 0.5, np.ones_like(zs)], -1)
-            cam_s = (np.linalg.inv(cams.Ks[s]) @ pix_s.T).T * zs[:, None]
-            world_s = cam_s @ cams.camtoworlds[s, :3, :3].T + cams.camtoworlds[s, :3, 3]
-            back = world_s @ w2c[r, :3, :3].T + w2c[r, :3, 3]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                uv_r = (back @ cams.Ks[r].T)[:, :2] / back[:, 2:3]
-                reproj = np.linalg.norm(uv_r - pix[:, :2], axis=1)
-                rel = np.abs(back[:, 2] - z) / z
-            votes += (ok & (reproj <= max_reproj_px) & (rel <= max_rel_depth)).astype(np.int32)
-        keep = votes >= min_consistent
+        ys, xs, world, keep = found
         out_pts.append(world[keep])
         out_cols.append(scene.images[r][ys[keep], xs[keep], :3])
         out_view.append(np.full(int(keep.sum()), r, dtype=np.int32))
@@ -248,21 +217,125 @@ def consistent_points(scene: Scene, depths: Sequence[np.ndarray], *, min_consist
     return (np.concatenate(out_pts), np.concatenate(out_cols).astype(np.float32), np.concatenate(out_view))
 
 
-def stereo_points(scene: Scene, *, max_points: int = 100_000, seed: int = 0, sfm_points: Optional[np.ndarray] = None,
+def consistent_depth_maps(scene: Scene, depths: Sequence[np.ndarray], *, min_consistent: int = 1,
+                          max_reproj_px: float = DEFAULT_MAX_REPROJ_PX, max_rel_depth: float = DEFAULT_MAX_REL_DEPTH,
+                          ) -> list[np.ndarray]:
+    """``depths`` with every pixel that fails :func:`consistent_points`' test set to 0."""
+    out = []
+    for r in range(len(scene)):
+        d = np.zeros_like(np.asarray(depths[r], dtype=np.float32))
+        found = _consistent_pixels(scene, depths, r, min_consistent, max_reproj_px, max_rel_depth)
+        if found is not None:
+            ys, xs, _, keep = found
+            d[ys[keep], xs[keep]] = np.asarray(depths[r])[ys[keep], xs[keep]]
+        out.append(d)
+    return out
+
+
+def _consistent_pixels(scene: Scene, depths: Sequence[np.ndarray], r: int, min_consistent: int,
+                       max_reproj_px: float, max_rel_depth: float):
+    """View ``r``'s pixels with a depth: ``(rows, cols, world points, passes the test)``, or None."""
+    cams = scene.cameras
+    w2c = cams.worldtocams()
+    d = np.asarray(depths[r], dtype=np.float64)
+    ys, xs = np.nonzero(d > 0)
+    if len(ys) == 0:
+        return None
+    z = d[ys, xs]
+    pix = np.stack([xs + 0.5, ys + 0.5, np.ones_like(z)], -1)
+    cam = (np.linalg.inv(cams.Ks[r]) @ pix.T).T * z[:, None]
+    world = cam @ cams.camtoworlds[r, :3, :3].T + cams.camtoworlds[r, :3, 3]
+    votes = np.zeros(len(z), dtype=np.int32)
+    for s in range(len(scene)):
+        if s == r:
+            continue
+        ds = np.asarray(depths[s], dtype=np.float64)
+        Hs, Ws = ds.shape
+        ps = world @ w2c[s, :3, :3].T + w2c[s, :3, 3]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = (ps @ cams.Ks[s].T)[:, :2] / ps[:, 2:3]
+        ui, vi = np.floor(uv[:, 0]).astype(np.int64), np.floor(uv[:, 1]).astype(np.int64)
+        inside = (ps[:, 2] > 0) & (ui >= 0) & (ui < Ws) & (vi >= 0) & (vi < Hs)
+        zs = np.zeros(len(z))
+        zs[inside] = ds[vi[inside], ui[inside]]
+        ok = inside & (zs > 0)
+        # The source's own point at that pixel, back into the reference view.
+        pix_s = np.stack([ui + 0.5, vi + 0.5, np.ones_like(zs)], -1)
+        cam_s = (np.linalg.inv(cams.Ks[s]) @ pix_s.T).T * zs[:, None]
+        world_s = cam_s @ cams.camtoworlds[s, :3, :3].T + cams.camtoworlds[s, :3, 3]
+        back = world_s @ w2c[r, :3, :3].T + w2c[r, :3, 3]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv_r = (back @ cams.Ks[r].T)[:, :2] / back[:, 2:3]
+            reproj = np.linalg.norm(uv_r - pix[:, :2], axis=1)
+            rel = np.abs(back[:, 2] - z) / z
+        votes += (ok & (reproj <= max_reproj_px) & (rel <= max_rel_depth)).astype(np.int32)
+    return ys, xs, world, votes >= min_consistent
+
+
+def depth_anchors(scene: Scene, seed: int = 0) -> Optional[np.ndarray]:
+    """Points that set the sweep's depth range (:func:`estimate_depth_range`): the scene's SfM
+    points; none when the cameras look at a common point (its distance sets the range); else
+    points triangulated across the views by SIFT (forward-facing captures). Raises
+    :class:`~splatkit.errors.DataError` when none of these exists."""
+    from splatkit.data.normalize import focus_point
+    from splatkit.data.sfm import triangulate_known_poses
+
+    if scene.points is not None and len(scene.points):
+        return np.asarray(scene.points, dtype=np.float64)
+    if focus_point(scene.cameras) is not None:
+        return None
+    tri = triangulate_known_poses(scene, seed=seed)
+    if len(tri) < 10:
+        raise DataError(f"no depth range for the stereo sweep: only {len(tri)} points triangulated across the views")
+    return np.asarray(tri.xyz, dtype=np.float64)
+
+
+# The last scene's consistent depth maps: the initialisation and the depth prior of one run ask
+# for the same sweep (seconds to minutes on a CPU).
+_LAST_SWEEP: dict = {}
+
+
+def stereo_depths(scene: Scene, *, num_planes: int = DEFAULT_NUM_PLANES, window: int = DEFAULT_WINDOW,
+                  progress: Optional[Callable[[int, int], None]] = None) -> tuple[list[np.ndarray], tuple[float, float]]:
+    """Every view's plane-sweep depth (:func:`plane_sweep`, range from :func:`depth_anchors`) kept
+    where another view agrees (:func:`consistent_depth_maps`; 0 elsewhere), and the range swept.
+    The last scene's result is remembered (same cameras, images and settings: same maps)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for arr in (scene.cameras.Ks, scene.cameras.camtoworlds, *scene.images):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    key = (h.hexdigest(), num_planes, window)
+    if _LAST_SWEEP.get("key") != key:
+        near_far = estimate_depth_range(scene, depth_anchors(scene))
+        stereo = plane_sweep(scene, near_far, num_planes=num_planes, window=window, progress=progress)
+        _LAST_SWEEP.clear()
+        _LAST_SWEEP.update(key=key, maps=consistent_depth_maps(scene, stereo.depths), near_far=near_far)
+    return [m.copy() for m in _LAST_SWEEP["maps"]], _LAST_SWEEP["near_far"]
+
+
+def stereo_points(scene: Scene, *, max_points: int = 100_000, seed: int = 0,
                   num_planes: int = DEFAULT_NUM_PLANES, window: int = DEFAULT_WINDOW,
                   progress: Optional[Callable[[int, int], None]] = None
                   ) -> tuple[np.ndarray, np.ndarray, str]:
-    """Dense points for a model's initialisation: :func:`plane_sweep` over every view, fused by
-    :func:`consistent_points` (at least one other view agreeing), at most ``max_points`` of them
-    (a random subset with ``seed``). ``sfm_points`` (SfM or triangulated) set the depth range;
-    without them it comes from the cameras' focus point. Returns ``(points, colors, description)``."""
-    near_far = estimate_depth_range(scene, sfm_points)
-    stereo = plane_sweep(scene, near_far, num_planes=num_planes, window=window, progress=progress)
-    pts, cols, _ = consistent_points(scene, stereo.depths)
+    """Dense points for a model's initialisation: every pixel of :func:`stereo_depths` unprojected
+    and coloured by its image, at most ``max_points`` of them (a random subset with ``seed``).
+    Returns ``(points, colors, description)``."""
+    maps, near_far = stereo_depths(scene, num_planes=num_planes, window=window, progress=progress)
+    cams = scene.cameras
+    pts, cols = [], []
+    for r, d in enumerate(maps):
+        ys, xs = np.nonzero(d > 0)
+        z = d[ys, xs].astype(np.float64)
+        pix = np.stack([xs + 0.5, ys + 0.5, np.ones_like(z)], -1)
+        cam = (np.linalg.inv(cams.Ks[r]) @ pix.T).T * z[:, None]
+        pts.append(cam @ cams.camtoworlds[r, :3, :3].T + cams.camtoworlds[r, :3, 3])
+        cols.append(scene.images[r][ys, xs, :3])
+    pts, cols = np.concatenate(pts), np.concatenate(cols).astype(np.float32)
     found = len(pts)
     if found > max_points:
-        pick = np.random.default_rng(seed).choice(found, max_points, replace=False)
-        pts, cols = pts[np.sort(pick)], cols[np.sort(pick)]
+        pick = np.sort(np.random.default_rng(seed).choice(found, max_points, replace=False))
+        pts, cols = pts[pick], cols[pick]
     how = (f"{len(pts)} points from plane-sweep stereo over {len(scene)} views ({found} consistent pixels, "
            f"depths {near_far[0]:.3g}-{near_far[1]:.3g})")
     return pts.astype(np.float32), cols, how

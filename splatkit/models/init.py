@@ -324,24 +324,16 @@ def stereo_init_points(scene: Scene, max_points: int, seed: int = 0, min_points:
                        ) -> tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
     """Dense points from plane-sweep stereo between ``scene``'s views with their known cameras
     (:func:`splatkit.data.mvs.stereo_points`), the network-free stand-in for the dense-match /
-    MVS initialisations of sparse-view 3DGS (Binocular3DGS, CoR-GS's baseline). The sweep's depth
-    range comes from the scene's SfM points, else the cameras' focus point, else points
-    triangulated across the views (forward-facing captures). ``(None, None, why)`` when fewer
-    than ``min_points`` (default :data:`MIN_TRIANGULATED_POINTS`) survive."""
+    MVS initialisations of sparse-view 3DGS (Binocular3DGS, CoR-GS's baseline). ``(None, None,
+    why)`` when fewer than ``min_points`` (default :data:`MIN_TRIANGULATED_POINTS`) survive or no
+    depth range can be found."""
     from splatkit.data.mvs import stereo_points
-    from splatkit.data.normalize import focus_point
 
     min_points = MIN_TRIANGULATED_POINTS if min_points is None else min_points
     if len(scene) < 2:
         return None, None, "stereo needs at least two views"
-    anchors = scene.points if scene.points is not None and len(scene.points) else None
-    if anchors is None and focus_point(scene.cameras) is None:
-        tri, _, why = triangulated_points(scene, seed=seed, min_points=10)
-        if tri is None:
-            return None, None, f"no depth range for the stereo sweep: {why}"
-        anchors = tri
     try:
-        pts, cols, how = stereo_points(scene, max_points=max_points, seed=seed, sfm_points=anchors)
+        pts, cols, how = stereo_points(scene, max_points=max_points, seed=seed)
     except SplatkitError as exc:
         return None, None, f"stereo failed ({exc.message})"
     if len(pts) < min_points:

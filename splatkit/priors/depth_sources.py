@@ -339,14 +339,22 @@ def depth_priors_for_scene(scene, source: str, *, kind: Optional[str] = "depth",
     """Prior maps (larger = farther, NaN = unknown, image size) for every view of ``scene``.
 
     ``source``: ``"none"`` (returns None), ``"files"`` (:func:`load_prior_files` with ``folder``
-    and ``kind``) or a model alias / repo id / folder (:class:`MonocularDepth`; the kind comes from
-    the model, ``kind`` is ignored).
+    and ``kind``), ``"mvs"`` (plane-sweep stereo between the views,
+    :func:`splatkit.data.mvs.stereo_depths`: sparse, metric) or a model alias / repo id / folder
+    (:class:`MonocularDepth`; the kind comes from the model, ``kind`` is ignored).
     """
     src = str(source).strip()
     if src.lower() == "none":
         return None
     if src.lower() == "files":
         return load_prior_files(scene, folder, kind)
+    if src.lower() == "mvs":
+        # No network: the training views' own plane-sweep stereo, metric z-depth where two views
+        # agree (splatkit.data.mvs; the same sweep as init "mvs"), unknown elsewhere.
+        from splatkit.data.mvs import stereo_depths
+
+        maps, _ = stereo_depths(scene)
+        return [np.where(m > 0, m, np.nan).astype(np.float32) for m in maps]
     model = MonocularDepth.load(src, device, cache_dir=cache_dir)
     return [to_prior(model.predict(img), model.kind) for img in scene.images]
 

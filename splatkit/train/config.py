@@ -148,8 +148,9 @@ class TrainConfig:
     (``--plugin.depth-ranking.weight 0.2``). Unset settings keep the plugin's defaults."""
     depth_prior: str = "none"
     """Depth prior for the depth losses: ``none``, ``files`` (``depth/<image stem>.npy|png|pfm``
-    beside the images, or ``depth_prior_dir``) or a depth model (alias such as
-    ``depth-anything-v2-small``, Hugging Face id or local folder; loaded offline)."""
+    beside the images, or ``depth_prior_dir``), ``mvs`` (no network: the training views' own
+    plane-sweep stereo, metric depth where two views agree, unknown elsewhere) or a depth model
+    (alias such as ``depth-anything-v2-small``, Hugging Face id or local folder; loaded offline)."""
     depth_prior_kind: Optional[Literal["metric", "depth", "inverse"]] = None
     """What depth files hold: ``metric`` z-depth, relative ``depth`` (larger = farther, unknown scale
     and shift) or relative ``inverse`` depth (disparity, as monocular estimators write it). Default:
