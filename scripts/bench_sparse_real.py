@@ -65,6 +65,8 @@ def techniques(steps: int, dtu: bool) -> dict[str, dict]:
            "dropout": {"regularizers": ["dropout"]},
            # A new random background colour per step: the splats must cover the photo opaquely.
            "random_bg": {"background": "random"},
+           # A white background (DTU scans on a white table): the saturated table costs no Gaussians.
+           "white_bg": {"background": "white"},
            "co_reg": {"regularizers": ["co_reg"]} if dtu else {
                "regularizers": ["co_reg"],
                "plugins": {"co_reg": {"start": PSEUDO_START_LLFF, "prune_threshold": PRUNE_THRESHOLD_LLFF}}}}

@@ -148,17 +148,24 @@ def plane_sweep(scene: Scene, depth_range: tuple[float, float], *, num_planes: i
         rays = (torch.from_numpy(np.linalg.inv(cams.Ks[r])) @ _pixel_grid(W, H).T).T  # z = 1
         c2w_r = torch.from_numpy(cams.camtoworlds[r])
         srcs = partners[r]
-        scores = torch.full((num_planes, len(srcs), H, W), -1.0)
-        for j, s in enumerate(srcs):
-            Ws, Hs = int(cams.widths[s]), int(cams.heights[s])
+        warps = []
+        for s in srcs:
             # Reference camera frame -> source pixels: x_s ~ K_s (R x + t), x = d * ray.
             rel = torch.from_numpy(w2c[s]) @ c2w_r
-            Rr, tr = rel[:3, :3], rel[:3, 3]
             Ks = torch.from_numpy(cams.Ks[s])
-            a = (Ks @ Rr @ rays.T).T  # per pixel, times depth
-            b = Ks @ tr
-            src = grays[s][None, None]
-            for k in range(num_planes):
+            warps.append(((Ks @ rel[:3, :3] @ rays.T).T, Ks @ rel[:3, 3], grays[s][None, None],
+                          int(cams.widths[s]), int(cams.heights[s])))
+        top = max(1, (len(srcs) + 1) // 2)
+        # Planes one at a time, keeping per pixel the best aggregated NCC, its plane and the NCC of
+        # the planes either side (for the parabola): memory does not grow with the plane count.
+        best = torch.full((H, W), -math.inf)
+        idx = torch.zeros((H, W), dtype=torch.long)
+        c_m = torch.full((H, W), -1.0)
+        c_p = torch.full((H, W), -1.0)
+        prev = torch.full((H, W), -1.0)
+        for k in range(num_planes):
+            scores = torch.empty(len(srcs), H, W)
+            for j, (a, b, src, Ws, Hs) in enumerate(warps):
                 p = a / inv[k] + b
                 z = p[:, 2]
                 uv = p[:, :2] / z.clamp_min(1e-9)[:, None]
@@ -172,19 +179,19 @@ def plane_sweep(scene: Scene, depth_range: tuple[float, float], *, num_planes: i
                 ncc = cov / torch.sqrt(var_r * var_s + eps)
                 # A window partly outside the source image scores -1 (no evidence).
                 full = _box(valid, window) > 0.999
-                scores[k, j] = torch.where(full, ncc, torch.full_like(ncc, -1.0))[0]
-        top = max(1, (len(srcs) + 1) // 2)
-        agg = scores.topk(top, dim=1).values.mean(1) if len(srcs) > 1 else scores[:, 0]
-        best, idx = agg.max(0)
+                scores[j] = torch.where(full, ncc, torch.full_like(ncc, -1.0))[0]
+            agg = scores.topk(top, dim=0).values.mean(0) if len(srcs) > 1 else scores[0]
+            c_p = torch.where(idx == k - 1, agg, c_p)  # the plane after the best so far
+            better = agg > best
+            best = torch.where(better, agg, best)
+            idx = torch.where(better, torch.full_like(idx, k), idx)
+            c_m = torch.where(better, prev, c_m)
+            prev = agg
         # Parabola through the best plane and its neighbours, in plane-index units.
-        k0 = idx.clamp(1, num_planes - 2)
-        c_m = agg.gather(0, (k0 - 1)[None])[0]
-        c_0 = agg.gather(0, k0[None])[0]
-        c_p = agg.gather(0, (k0 + 1)[None])[0]
-        denom = c_m - 2 * c_0 + c_p
+        denom = c_m - 2 * best + c_p
         offset = torch.where(denom < -1e-6, 0.5 * (c_m - c_p) / denom, torch.zeros_like(denom)).clamp(-0.5, 0.5)
         step = (inv[-1] - inv[0]) / (num_planes - 1)
-        inv_depth = inv[0] + (k0.double() + offset.double()) * step
+        inv_depth = inv[0] + (idx.double() + offset.double()) * step
         depth = (1.0 / inv_depth).float()
         texture = torch.sqrt(var_r[0]) >= min_texture
         keep = (best >= min_ncc) & texture & (idx > 0) & (idx < num_planes - 1)
