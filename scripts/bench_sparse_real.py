@@ -15,7 +15,9 @@ Techniques: ``mvs`` (``init="mvs"``, plane-sweep stereo), ``triangulated`` (``in
 ``opacity_decay`` (Binocular3DGS x0.995 per step, densifying to the end as its authors do), ``warp``
 (Binocular3DGS warp consistency), ``dropout`` (DropGaussian), ``dark_backdrop`` (DTU only),
 ``dark_exclude`` (DTU only: ``dark_backdrop`` with the backdrop also left out of the photometric
-loss, as CoR-GS does on DTU), ``random_bg`` (a random background colour per step), ``co_reg``
+loss, as CoR-GS does on DTU), ``bright`` (DTU only: ``dark_backdrop`` with white runs too),
+``random_bg`` (a random background colour per step), ``white_bg`` (a white background),
+``mvs_all`` (every stereo point), ``mvs_depth`` (the stereo depth as a Pearson depth prior), ``co_reg``
 (CoR-GS: a second field, co-pruning, pseudo-view co-regularisation, about twice a plain run's time;
 its authors' DTU settings, LLFF's on fern).
 
@@ -74,6 +76,8 @@ def techniques(steps: int, dtu: bool) -> dict[str, dict]:
         out["dark_backdrop"] = {"regularizers": ["dark_backdrop"]}
         out["dark_exclude"] = {"regularizers": ["dark_backdrop"],
                                "plugins": {"dark_backdrop": {"exclude_from_loss": True}}}
+        # White tables too (out of the loss, alpha penalised): FreeNeRF's black/white prior.
+        out["bright"] = {"regularizers": ["dark_backdrop"], "plugins": {"dark_backdrop": {"bright": True}}}
     return out
 
 
@@ -122,7 +126,7 @@ def variant_config(name: str, steps: int, dtu: bool) -> dict:
 
 def applies(name: str, dtu: bool) -> bool:
     """DTU-only techniques are skipped on LLFF."""
-    return dtu or not any(t in name for t in ("dark_backdrop", "dark_exclude")) or name.startswith("all")
+    return dtu or not any(t in name for t in ("dark_backdrop", "dark_exclude", "bright")) or name.startswith("all")
 
 
 @contextmanager

@@ -41,6 +41,28 @@ def test_dark_backdrop_loss_is_the_mean_alpha_on_the_backdrop():
     assert float(plugin.loss(0, batch, out)) == pytest.approx(2.0 * 1.2 / 4)
 
 
+def test_bright_backdrop_runs_join_the_mask_and_leave_the_loss():
+    # 2 columns x 4 rows: column 0 white all the way down (a table), column 1 white only in the
+    # bottom 2 rows (a highlight shorter than the run), a dark pixel top right.
+    images = torch.full((1, 4, 2, 3), 0.5)
+    images[0, :, 0] = 1.0
+    images[0, 2:, 1] = 0.99
+    images[0, 0, 1] = 0.0
+    alphas = torch.full((1, 4, 2, 1), 0.5)
+    batch = SimpleNamespace(images=images, pixels=None)
+    plugin = DarkBackdrop(SimpleNamespace(), DarkBackdrop.Config(run=1, bright=True, bright_run=3))
+    weights = plugin.photometric_weights(0, batch)[0, ..., 0]
+    # Column 0 is a white run of 3 or more everywhere (the top rows count the rows they have, as
+    # DNGaussian's shifted products do): out of the loss; the dark pixel stays in
+    # (exclude_from_loss is off), and so does the highlight, shorter than the run.
+    assert weights.tolist() == [[0, 1], [0, 1], [0, 1], [0, 1]]
+    # The alpha penalty covers the white column and the dark pixel: 5 of 8 pixels x 0.5.
+    assert float(plugin.loss(0, batch, SimpleNamespace(alphas=alphas))) == pytest.approx(5 * 0.5 / 8)
+    off = DarkBackdrop(SimpleNamespace(), DarkBackdrop.Config(run=1))
+    assert off.photometric_weights(0, batch) is None
+    assert float(off.loss(0, batch, SimpleNamespace(alphas=alphas))) == pytest.approx(0.5 / 8)
+
+
 def test_opacity_decay_multiplies_opacities_from_the_densification_start():
     logits = torch.logit(torch.tensor([0.5, 0.9]))
     state = SimpleNamespace(method=SimpleNamespace(model=SimpleNamespace(splats={"opacities": logits})))

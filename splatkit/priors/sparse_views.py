@@ -15,7 +15,11 @@
   ``exclude_from_loss`` the backdrop is also left out of the photometric loss (its per-pixel
   weights are the mask's complement), as CoR-GS' DTU runs do (``loss_photometric(..., valid=
   ~bg_mask)`` in ``jiaw-z/CoR-GS`` ``train.py``); DNGaussian and Binocular3DGS keep it in (off by
-  default).
+  default). With ``bright`` the white tables of other DTU scans join the backdrop (FreeNeRF's
+  black/white prior treats both): runs of pixels whose darkest channel is above 1 - 30/255, over
+  ``bright_run`` (100, ours) pixels rather than 50, so that highlights on white objects (scan 65's
+  skull: 0.5% of its pixels at 50) are not taken for it; they are always left out of the
+  photometric loss (a black background cannot show them).
 
 Constants are those of the authors' code (``hanl2010/Binocular3DGS`` ``train.py``,
 ``utils/loss_utils.py``, ``scene/__init__.py``; ``Fictionarry/DNGaussian`` ``train_dtu.py``).
@@ -38,6 +42,8 @@ from splatkit.methods.plugins import in_range, register_plugin
 DARK_THRESHOLD = 30 / 255
 # ... in the pixel and in the 49 pixels above it (``bg_mask[:, i:] *= clone[:, :-i]`` for i < 50).
 DARK_RUN = 50
+# White backdrops (ours): the same threshold from white, over a run of 100 pixels (module doc).
+BRIGHT_RUN = 100
 # Binocular3DGS: opacity x 0.995 per step (``--opacity_decay_factor``).
 OPACITY_DECAY = 0.995
 # Binocular3DGS: the shifted-camera loss starts at step 20000 of 30000 (``--shift_cam_start``).
@@ -239,22 +245,32 @@ class DarkBackdrop(Plugin):
         """... and so are the run - 1 pixels above it."""
         exclude_from_loss: bool = False
         """Leave the backdrop out of the photometric loss (CoR-GS: yes; DNGaussian, Binocular3DGS: no)."""
+        bright: bool = False
+        """Also take runs of near-white pixels for backdrop (white tables; always out of the loss)."""
+        bright_run: int = in_range(BRIGHT_RUN, 1)
 
-    def backdrop(self, step: int, batch: Batch) -> torch.Tensor:
-        """The step's backdrop mask ``[B, H, W, 1]`` (1 = backdrop), computed once per step."""
+    def backdrop(self, step: int, batch: Batch) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The step's dark and (with ``bright``) bright backdrop masks ``[B, H, W, 1]`` (1 =
+        backdrop), computed once per step."""
         if batch.pixels is not None:
             raise SplatkitError(f"{self.name} needs whole rendered views, not a batch of rays")
         if self._mask is None or self._mask[0] is not batch.images:
-            self._mask = (batch.images, dark_backdrop_mask(batch.images, self.settings.threshold, self.settings.run))
+            cfg = self.settings
+            dark = dark_backdrop_mask(batch.images, cfg.threshold, cfg.run)
+            bright = dark_backdrop_mask(1.0 - batch.images, cfg.threshold, cfg.bright_run) if cfg.bright else None
+            self._mask = (batch.images, (dark, bright))
         return self._mask[1]
 
     def photometric_weights(self, step: int, batch: Batch):
-        if not (self.active and self.settings.exclude_from_loss):
+        if not self.active or not (self.settings.exclude_from_loss or self.settings.bright):
             return None
-        return 1.0 - self.backdrop(step, batch)
+        dark, bright = self.backdrop(step, batch)
+        out = 1.0 - dark if self.settings.exclude_from_loss else torch.ones_like(dark)
+        return out if bright is None else out * (1.0 - bright)
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
         if not self.active:
             return {}
-        mask = self.backdrop(step, batch)
+        dark, bright = self.backdrop(step, batch)
+        mask = dark if bright is None else torch.maximum(dark, bright)
         return self.settings.weight * (outputs.alphas.abs() * mask).mean()
