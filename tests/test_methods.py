@@ -164,7 +164,7 @@ def test_plugin_settings_are_nested_checked_and_old_keys_are_aliases(scene_dir, 
     assert cfg.plugins["depth_ranking"] == {"weight": 0.3, "pairs": 128}
     assert cfg.plugins["depth_continuity"] == {"weight": 0.7, "pairs": 128}
     sparse9 = resolve_config({}, preset="sparse9")
-    assert sparse9.plugins["dropout"] == {"gamma": 0.05}  # the preset's section ...
+    assert sparse9.plugins["depth_ranking"] == {"weight": 0.1}  # the preset's section ...
     merged = resolve_config({"plugins.dropout.gamma": 0.02, "plugins.depth_ranking.pairs": 64}, preset="sparse9")
     assert merged.plugins["dropout"] == {"gamma": 0.02}  # ... overridden setting by setting
     assert merged.plugins["depth_ranking"] == {"weight": 0.1, "pairs": 64}

@@ -117,6 +117,6 @@ def test_depth_losses_without_a_prior_are_left_out_with_a_warning():
 
     with pytest.warns(UserWarning, match="depth losses depth_ranking, depth_continuity are off"):
         names = regularizer_names(resolve_config({}, preset="sparse"))
-    assert names == ["dropout"]
+    assert names == ["opacity_decay", "warp_consistency", "dropout", "dark_backdrop"]
     with pytest.warns(UserWarning, match="not used"):
         assert regularizer_names(resolve_config({"depth_prior": "files"})) == []

@@ -183,7 +183,7 @@ class Train:
     center_crop: tyro.conf.FlagCreatePairsOff[bool] = False
     """The images are centre crops of the --intrinsics-size frame (MonoSDF's DTU release)."""
     preset: Optional[str] = None
-    """Preset name in configs/ (default, cpu, fast, sparse, sparse9, compact, mcmc) or a path to a .json file."""
+    """Preset name in configs/ (default, cpu, fast, sparse, sparse6, sparse9, compact, mcmc, ...) or a path to a .json file."""
     method: Optional[str] = None
     """What to train: a registered method (3dgs; others register through the splatkit.methods entry points)."""
     strategy: Optional[Literal["default", "mcmc"]] = None
