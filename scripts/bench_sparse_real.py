@@ -124,9 +124,14 @@ def variant_config(name: str, steps: int, dtu: bool) -> dict:
     return values
 
 
+DTU_ONLY = ("dark_backdrop", "dark_exclude", "bright")
+
+
 def applies(name: str, dtu: bool) -> bool:
-    """DTU-only techniques are skipped on LLFF."""
-    return dtu or not any(t in name for t in ("dark_backdrop", "dark_exclude", "bright")) or name.startswith("all")
+    """Variants that add a DTU-only technique are skipped on LLFF (``all`` leaves them out there)."""
+    import re
+
+    return dtu or not any(t in DTU_ONLY for t in re.findall(r"\+([a-z_0-9]+)", name))
 
 
 @contextmanager
@@ -285,8 +290,8 @@ masked PSNR over the 25 protocol test views; fern: x8, every 8th image held out,
 cell is the mean ± std over the seeds that finished [how many], its difference to `plain` in brackets;
 {done} of {planned} planned runs ("-": not run). `plain`: random init of 10k points in the sphere every camera
 sees, SH degree 1, densification over 1/60 to 1/2 of the run, no plugins, no depth prior. `+a+b` adds
-techniques to it, `all` is every technique of the `sparse` preset ({', '.join(FULL)}; `dark_backdrop`
-stands down on fern's bright backdrop), `all-a` removes one; see the script's doc. Minutes: training time per
+techniques to it, `all` is every technique of the `sparse` preset ({', '.join(FULL)}; on fern without
+`dark_backdrop`, whose dark mask covers 4e-6 of its pixels), `all-a+b` removes / adds some; see the script's doc. Minutes: training time per
 run, averaged over the row (runs shared the 2 cores with up to two others, 1 thread each). Pictures (ground
 truth | render | error): `OUT/<variant>/images/`.
 
