@@ -345,6 +345,28 @@ def test_preset_errors(tmp_path):
         resolve_config({"data": tmp_path, "background": "green"})
 
 
+def test_presets_extend_other_presets(tmp_path):
+    sparse = load_preset("sparse")
+    repair = load_preset("sparse-repair")  # "extends": "sparse"
+    assert repair["init"] == sparse["init"] and repair["steps"] == sparse["steps"]
+    assert repair["regularizers"] == [*sparse["regularizers"], "diffusion_repair"]
+    assert repair["run_name"] == "sparse-repair" and "extends" not in repair
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"steps": 50, "sh_degree": 1, "plugins": {"diffusion_repair": {"start": 0.4, "tune_steps": 10}}}))
+    child = tmp_path / "child.json"
+    child.write_text(json.dumps({"extends": str(base), "sh_degree": 0, "plugins": {"diffusion_repair": {"tune_steps": 20}}}))
+    values = load_preset(str(child))
+    # Own keys win, the rest comes from the base; plugin sections merge setting by setting.
+    assert values == {"steps": 50, "sh_degree": 0, "plugins": {"diffusion_repair": {"start": 0.4, "tune_steps": 20}}}
+    assert resolve_config({"data": tmp_path}, preset=str(child)).steps == 50
+    base.write_text(json.dumps({"extends": str(child)}))
+    with pytest.raises(SplatkitError, match="extends itself"):
+        load_preset(str(child))
+    child.write_text(json.dumps({"extends": 3}))
+    with pytest.raises(SplatkitError, match="names a preset"):
+        load_preset(str(child))
+
+
 def test_derived_schedule_scales_with_steps():
     cfg = TrainConfig(steps=3000).resolved()
     assert (cfg.refine_start_iter, cfg.refine_stop_iter, cfg.reset_every) == (50, 1500, 300)

@@ -500,8 +500,21 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def load_preset(name: str) -> dict[str, Any]:
-    return read_overrides(preset_path(name))
+def load_preset(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A preset's values. ``"extends": "OTHER"`` starts from preset OTHER's values (plugin sections
+    merged setting by setting, lists such as ``regularizers`` replaced whole), so a variant states
+    only what it changes and follows its base when the base is re-tuned."""
+    path = preset_path(name)
+    if path in _chain:
+        raise SplatkitError(f"preset {name!r} extends itself ({' -> '.join(p.stem for p in (*_chain, path))})")
+    base = read_json_object(path, "config file").get("extends")
+    values: dict[str, Any] = {}
+    if base is not None:
+        if not isinstance(base, str):
+            raise SplatkitError(f"{path}: 'extends' names a preset (a string), got {base!r}")
+        _update(values, load_preset(base, (*_chain, path)))
+    _update(values, read_overrides(path, allow=("extends",)))
+    return values
 
 
 def load_saved_config(path: str | Path) -> dict[str, Any]:
