@@ -14,7 +14,7 @@ import torch
 from splatkit.cli.main import main
 from splatkit.errors import SplatkitError
 from splatkit.methods import load_checkpoint
-from splatkit.models.nerf_field import NerfModel
+from splatkit.models.nerf_field import NerfModel, camera_rays
 from splatkit.train import Run, resolve_config
 from splatkit.train.trainer import Trainer
 
@@ -103,6 +103,16 @@ def test_nerf_torch_and_kernel_paths_render_the_same(scene_dir):
     torch.testing.assert_close(out["cpu"][0], out["torch"][0], rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(out["cpu"][1], out["torch"][1], rtol=1e-3, atol=1e-3)
     assert float(out["cpu"][1].mean()) > 0.05  # not an empty picture
+    # Inference marches in growing chunks and stops rays early: the same picture as marching every
+    # ray's samples in one go, up to the light left behind the early stop (transmittance 1e-4).
+    model.impl = "cpu"
+    rays_o, rays_d, _ = camera_rays(cams.viewmats(), cams.intrinsics(), 48, 36)
+    rays_o, rays_d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
+    with torch.no_grad():
+        whole = model.render_rays(rays_o, rays_d, 0.01, chunk_samples=4096, max_chunk_samples=4096)
+        growing = model.render_rays(rays_o, rays_d, 0.01, chunk_samples=2, max_chunk_samples=16)
+    for a, b in zip(whole[:2], growing[:2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-4)
 
 
 def test_nerf_config_errors():
