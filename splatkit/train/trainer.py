@@ -148,6 +148,12 @@ class Trainer:
         self._given_plugins = list(plugins) + list(regularizers)
         # Checked before any data is read so a wrong --device fails at once.
         self.device = resolve_device(self.config.device)
+        if self.device.type == "cpu":
+            # Adam's moments of parameters that stop getting gradients (hash-table rows no ray
+            # reaches) decay into subnormal floats within ~1000 steps, and x86 arithmetic on
+            # subnormals is many times slower: the NeRF's steps doubled in time over a run
+            # (docs/benchmarks.md). GPUs flush them to zero; so do we. No-op where unsupported.
+            torch.set_flush_denormal(True)
         self.step = 0
         self.summary: Optional[dict] = None
         self.run_path: Optional[Path] = None
