@@ -94,6 +94,8 @@ def main() -> None:
     views_list = [int(v) for v in args.views.split(",") if v]
     extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     tag = "_".join(f"{k}-{v}" for k, v in sorted(extra.items()))
+    # Each schedule length gets its own section (the presets' own length keeps the plain name).
+    section = SECTION + (f"_{tag}" if tag else "") + (f"_{args.steps}steps" if args.steps != 1000 else "")
     load = load_average()
     rows: dict[tuple[str, int], dict] = {}
     for scene in [s for s in args.scenes.split(",") if s]:
@@ -126,7 +128,7 @@ def main() -> None:
                 row["post"].append(post_repair(rep_run, base_run, args.out / "pictures" / f"{scene}_{views}v_seed{seed}"))
                 text = report(args, rows, load)
                 if args.write:  # one section per setting of the repair, so variants stand side by side
-                    write_section(SECTION + (f"_{tag}" if tag else ""), text)
+                    write_section(section, text)
     print(report(args, rows, load))
 
 
