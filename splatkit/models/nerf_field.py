@@ -321,6 +321,7 @@ class NerfModel(torch.nn.Module):
         rays of a trained object end within a few samples of their first occupied cell: every
         sample marched past that point is a field evaluation thrown away."""
         R = rays_o.shape[0]
+        max_chunk_samples = max(chunk_samples, max_chunk_samples)
         t_cur, t_end = self.segments(rays_o, rays_d, near)
         trans = torch.ones(R, device=rays_o.device)
         rgb = torch.zeros(R, 3, device=rays_o.device)
@@ -341,7 +342,7 @@ class NerfModel(torch.nn.Module):
             t_cur[alive] = ps.t_next
             keep = (ps.t_next < t_end[alive]) & (trans[alive] > self.config.early_stop_eps)
             alive = alive[keep]
-            chunk_samples = min(2 * chunk_samples, max(chunk_samples, max_chunk_samples))
+            chunk_samples = min(2 * chunk_samples, max_chunk_samples)
         opac = 1.0 - trans
         return rgb, opac, depth / opac.clamp_min(1e-10)
 

@@ -500,7 +500,7 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def load_preset(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
+def load_preset(name: str, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A preset's values. ``"extends": "OTHER"`` starts from preset OTHER's values (plugin sections
     merged setting by setting, lists such as ``regularizers`` replaced whole), so a variant states
     only what it changes and follows its base when the base is re-tuned."""

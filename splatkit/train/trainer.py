@@ -151,8 +151,8 @@ class Trainer:
         if self.device.type == "cpu":
             # Adam's moments of parameters that stop getting gradients (hash-table rows no ray
             # reaches) decay into subnormal floats within ~1000 steps, and x86 arithmetic on
-            # subnormals is many times slower: the NeRF's steps doubled in time over a run
-            # (docs/benchmarks.md). GPUs flush them to zero; so do we. No-op where unsupported.
+            # subnormals is many times slower, so a NeRF's steps slowed down as it trained. GPUs
+            # flush them to zero; so do we. No-op where unsupported.
             torch.set_flush_denormal(True)
         self.step = 0
         self.summary: Optional[dict] = None
