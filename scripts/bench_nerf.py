@@ -22,6 +22,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -52,37 +53,46 @@ def _scene(root: Path) -> Path:
     return path
 
 
-PRESET, OVERRIDES = "nerf", {}
+@dataclass(frozen=True)
+class Setup:
+    """What every run of one invocation shares."""
+
+    scene: Path
+    device: str
+    preset: str = "nerf"
+    overrides: dict = field(default_factory=dict)
+
+
 # A run that used less than this share of its budget is planned again from its own rate.
 REPLAN_BELOW = 0.9
 MAX_REPLANS = 2
 
 
-def _config(scene: Path, out: Path, seed: int, steps: int, device: str):
-    return resolve_config({**OVERRIDES, "data": scene, "method": "nerf", "steps": steps, "seed": seed, "out": out,
-                           "device": device, "checkpoint_every": 0, "preview_every": 0, "log_every": 25},
-                          preset=PRESET)
+def _config(setup: Setup, out: Path, seed: int, steps: int):
+    return resolve_config({**setup.overrides, "data": setup.scene, "method": "nerf", "steps": steps, "seed": seed,
+                           "out": out, "device": setup.device, "checkpoint_every": 0, "preview_every": 0,
+                           "log_every": 25}, preset=setup.preset)
 
 
-def _rate(scene: Path, root: Path, seed: int, device: str) -> float:
+def _rate(setup: Setup, root: Path, seed: int) -> float:
     """Steps per second of the preset, from a probe run (its first 10 steps left out: warm-up)."""
     marks = {}
 
     def mark(trainer, step):
         marks[step] = time.perf_counter()
 
-    trainer = Trainer(_config(scene, root / f"probe-{seed}", seed, PROBE_STEPS, device), quiet=True,
+    trainer = Trainer(_config(setup, root / f"probe-{seed}", seed, PROBE_STEPS), quiet=True,
                       callbacks=[mark])
     trainer.train()
     return (PROBE_STEPS - 10) / (marks[PROBE_STEPS] - marks[10])
 
 
-def _train_within(scene: Path, out: Path, seed: int, steps: int, device: str, budget: float):
+def _train_within(setup: Setup, out: Path, seed: int, steps: int, budget: float):
     def stop(trainer, step):
         if trainer._elapsed() >= budget:
             raise _Budget
 
-    trainer = Trainer(_config(scene, out, seed, steps, device), quiet=True, callbacks=[stop])
+    trainer = Trainer(_config(setup, out, seed, steps), quiet=True, callbacks=[stop])
     try:
         trainer.train()
         return trainer, trainer.summary
@@ -91,14 +101,13 @@ def _train_within(scene: Path, out: Path, seed: int, steps: int, device: str, bu
         return trainer, trainer.evaluate()
 
 
-def run_budget(scene: Path, root: Path, minutes: float, seed: int, device: str, rate: float | None = None) -> dict:
+def run_budget(setup: Setup, root: Path, minutes: float, seed: int, rate: float | None = None) -> dict:
     """``rate``: steps per second measured by an earlier budget's run (no probe then)."""
-    rate = rate or _rate(scene, root, seed, device)
+    rate = rate or _rate(setup, root, seed)
     budget = minutes * 60
     steps = max(PROBE_STEPS, int(rate * budget))
     for attempt in range(MAX_REPLANS + 1):
-        trainer, summary = _train_within(scene, root / f"run-{minutes:g}min-{seed}-{attempt}", seed, steps, device,
-                                         budget)
+        trainer, summary = _train_within(setup, root / f"run-{minutes:g}min-{seed}-{attempt}", seed, steps, budget)
         used = summary["train_time_s"]
         if used >= REPLAN_BELOW * budget or attempt == MAX_REPLANS:
             break
@@ -131,21 +140,19 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_nerf"))
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = ap.parse_args()
-    global PRESET, OVERRIDES
-    PRESET, OVERRIDES = args.preset, parse_set_overrides(args.set)
     torch.set_num_threads(args.threads)
     set_kernel_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     root = args.out / stamp
-    scene = _scene(args.out)
+    setup = Setup(_scene(args.out), args.device, args.preset, parse_set_overrides(args.set))
     load = load_average()
     t_start = time.time()
     rows, rates = [], {}
     for minutes in args.minutes:
         for seed in args.seeds:
             # The rate of a whole earlier run plans the next budget better than a 30-step probe.
-            r = run_budget(scene, root, minutes, seed, args.device, rates.get(seed))
+            r = run_budget(setup, root, minutes, seed, rates.get(seed))
             rates[seed] = r["steps"] / r["train_s"]
             rows.append(r)
             print(r, flush=True)
