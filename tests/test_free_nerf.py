@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from splatkit.priors.free_nerf import OCC_SAMPLES, level_mask, occlusion_loss
+from splatkit.priors.free_nerf import OCC_SAMPLES, OCC_SIGMA_CAP, level_mask, occlusion_loss
 from splatkit.train import resolve_config
 from splatkit.train.trainer import Trainer
 from test_nerf import TINY_VALUES
@@ -39,6 +39,18 @@ def test_occlusion_loss_by_hand():
     assert float(with_wb.detach()) == pytest.approx((2 + 3 + 7 + 11) / 256)
     near_wb = occlusion_loss(sigma, rgb, t_mid, ray, t_near, t_far, 2, 0.25, wb_prior=True, wb_range=0.5)
     assert float(near_wb.detach()) == pytest.approx(float(loss.detach()))
+
+
+def test_occlusion_loss_stays_finite_with_infinite_densities():
+    # trunc_exp overflows to inf in float32; inside the penalised range the sample counts as the
+    # cap (no gradient), outside it must not turn the term into inf x 0 = NaN.
+    t_near, t_far = torch.tensor([0.0]), torch.tensor([1.0])
+    ray, t_mid = torch.tensor([0, 0, 0]), torch.tensor([0.01, 0.02, 0.9])
+    sigma = torch.tensor([2.0, float("inf"), float("inf")], requires_grad=True)
+    loss = occlusion_loss(sigma, torch.full((3, 3), 0.5), t_mid, ray, t_near, t_far, 1, 0.1)
+    assert float(loss.detach()) == pytest.approx((2 + OCC_SIGMA_CAP) / OCC_SAMPLES)
+    loss.backward()
+    assert sigma.grad.tolist() == pytest.approx([1 / OCC_SAMPLES, 0, 0])
 
 
 def test_level_mask_reaches_the_density():

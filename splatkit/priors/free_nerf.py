@@ -37,6 +37,7 @@ OCC_SAMPLES = 128
 OCC_RANGE = 10 / OCC_SAMPLES
 OCC_WB_RANGE = 15 / OCC_SAMPLES
 WB_DARK, WB_BRIGHT = 0.01, 0.99
+OCC_SIGMA_CAP = 1e6  # ours: densities above it count as it (see occlusion_loss)
 
 
 def level_mask(fraction: float, n_levels: int, features_per_level: int) -> torch.Tensor:
@@ -64,7 +65,10 @@ def occlusion_loss(sigma: torch.Tensor, rgb: torch.Tensor, t_mid: torch.Tensor, 
     if wb_prior:
         mean = rgb.detach().mean(-1)
         m = m | (((mean < WB_DARK) | (mean > WB_BRIGHT)) & (rel < wb_range))
-    return (sigma * m.to(sigma.dtype)).sum() / (max(n_rays, 1) * OCC_SAMPLES)
+    # Select, not multiply by the mask, and cap: a sample may have an infinite density (trunc_exp
+    # overflows in float32 past 88; a 3-view DTU run got there), and inf x 0 is NaN. Above the cap
+    # a sample is opaque within a millionth of a unit anyway.
+    return sigma[m].clamp(max=OCC_SIGMA_CAP).sum() / (max(n_rays, 1) * OCC_SAMPLES)
 
 
 @register_plugin
