@@ -1,7 +1,8 @@
 """NeRF exports measured (issue #13): the mesh and the Gaussians `splatkit export` makes from a
 finished NeRF run, and the test PSNR of those Gaussians (decoded from their files) beside the NeRF's.
 
-    .venv/bin/python scripts/bench_nerf_export.py --run RUN [--resolution 256] [--write]
+    .venv/bin/python scripts/bench_nerf_export.py --run RUN [--resolution 256] [--finetune-steps 500]
+        [--write]
 
 ``RUN`` is any finished ``--method nerf`` run (training a NeRF on this CPU takes tens of minutes, so
 the script measures a run it is given; its config and training time are quoted in the section).
@@ -29,6 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, required=True, help="a finished --method nerf run folder")
     parser.add_argument("--resolution", type=int, default=256, help="lattice points along the box's longest side")
+    parser.add_argument("--finetune-steps", type=int, nargs="*", default=[],
+                        help="also export with `--finetune-steps N` (3DGS steps on the run's training views) for each N")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = parser.parse_args()
 
@@ -52,19 +55,30 @@ def main() -> None:
         res = export_run(run, fmt, out=run.path / "export" / f"bench_splats.{fmt}", surface=surface)
         secs = time.perf_counter() - t
         score = evaluate_run(run, splats=res.path, json_path=run.path / f"metrics_bench_splats_{fmt}.json")["mean"]
-        rows.append((fmt, res.path.stat().st_size, secs, score))
+        rows.append(("Gaussians from its surface", fmt, res.path.stat().st_size, secs, score))
+    for n in args.finetune_steps:
+        t = time.perf_counter()
+        res = export_run(run, "ply", out=run.path / "export" / f"bench_splats_ft{n}.ply",
+                         surface=NerfSurface(resolution=args.resolution, finetune_steps=n, quiet=True))
+        secs = time.perf_counter() - t
+        score = evaluate_run(run, splats=res.path, json_path=run.path / f"metrics_bench_splats_ft{n}.json")["mean"]
+        rows.append((f"those Gaussians + {n} 3DGS steps", "ply", res.path.stat().st_size, secs, score))
     cfg = run.config
     minutes = summary.get("train_time_s")
     load_note = "load average unknown" if load is None else f"load average {load:.1f} at the start"
     masked = "masked_psnr" in nerf
     text = ["## NeRF exports: mesh and Gaussians from a NeRF run", "",
-            f"`python scripts/bench_nerf_export.py --run RUN --resolution {args.resolution} --write` on {machine_info()}; "
+            f"`python scripts/bench_nerf_export.py --run RUN --resolution {args.resolution}"
+            + (f" --finetune-steps {' '.join(map(str, args.finetune_steps))}" if args.finetune_steps else "")
+            + f" --write` on {machine_info()}; "
             f"{load_note}", "",
             f"The run: `--method nerf` on `{Path(str(cfg.data)).name}` ({cfg.steps} steps of the `nerf` preset"
             + (f", {minutes / 60:.0f} min of training on this CPU" if minutes else "") + "). "
             "Mesh: marching cubes at the default threshold (the median density of the occupancy grid's occupied "
             f"cells) on a lattice of {args.resolution} points along the box's longest side. Gaussians: one disc per "
-            "mesh vertex (splatkit/export/nerf_to_gaussians.py), SH degree 0, scored decoded from each file. "
+            "mesh vertex (splatkit/export/nerf_to_gaussians.py), SH degree 0, scored decoded from each file; "
+            "`+ N 3DGS steps`: `--finetune-steps N` (3DGS' losses and learning rates on the run's training "
+            "views, no densification; its time is in the export time). "
             "Times are wall-clock on a shared machine.", "",
             f"* mesh: {mesh.num_vertices:,} vertices, {mesh.num_faces:,} triangles in {mesh_s:.0f} s; largest "
             f"component {largest.num_vertices:,} / {largest.num_faces:,}; {mesh.notes}", "",
@@ -72,8 +86,8 @@ def main() -> None:
             "|---|---|---:|---:|" + ("---:|" if masked else "") + "---:|",
             f"| the NeRF (checkpoint) | - | - | {nerf['psnr']:.2f} dB | "
             + (f"{nerf['masked_psnr']:.2f} dB | " if masked else "") + "- |"]
-    for fmt, size, secs, score in rows:
-        text.append(f"| Gaussians from its surface | {fmt} | {size / 1e6:.1f} MB | {score['psnr']:.2f} dB | "
+    for what, fmt, size, secs, score in rows:
+        text.append(f"| {what} | {fmt} | {size / 1e6:.1f} MB | {score['psnr']:.2f} dB | "
                     + (f"{score['masked_psnr']:.2f} dB | " if masked else "") + f"{secs:.0f} s |")
     text.append("")
     body = "\n".join(text)
