@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_sparse_real import BASE_PRESET, LOCK, SHARED, cases, heavy_lock, variant_config  # noqa: E402
+from bench_sparse_real import BASE_PRESET, LOCK, SHARED, cases, default_out, heavy_lock, variant_spec  # noqa: E402
 from benchdoc import load_average, machine_info, mean_std, write_section  # noqa: E402
 
 SECTION = "bench_nerf_real"
@@ -47,8 +47,8 @@ def dense_case(case):
     """Every DTU view the protocol does not test on."""
     from splatkit.data.readers._common import list_images
 
-    n = len(list_images(case.data / "image"))
-    return dataclasses.replace(case, train_ids=[i for i in range(n) if i not in set(case.test_ids)])
+    n, tested = len(list_images(case.data / "image")), set(case.test_ids)
+    return dataclasses.replace(case, train_ids=[i for i in range(n) if i not in tested])
 
 
 def plan_run(scene: str, views: str, row: str, out: Path):
@@ -58,15 +58,12 @@ def plan_run(scene: str, views: str, row: str, out: Path):
     _, case = cases(scene, 3 if views == "dense" else int(views))
     if views == "dense":
         case = dense_case(case)
-    common = {"preview_every": 0}
     if row == "3dgs" and views != "dense":
         # bench_sparse_real's own folder and config, so its finished runs serve both tables.
-        spec = BenchmarkSpec(suite="dtu", out=ROOT / "outputs" / "bench" / "sparse_real" / f"{views}v_{GAUSSIAN_STEPS}"
-                             / "all", views=int(views), steps=GAUSSIAN_STEPS, device="cpu",
-                             overrides={**variant_config("all", GAUSSIAN_STEPS, True), **common})
-        return spec, case, BASE_PRESET
+        return variant_spec("dtu", "all", int(views), GAUSSIAN_STEPS, default_out(int(views), GAUSSIAN_STEPS)), \
+            case, BASE_PRESET
     preset = {"3dgs": "cpu", "nerf-sparse+free": "nerf-sparse"}.get(row, row)
-    overrides = {**(FREE_NERF if row == "nerf-sparse+free" else {}), **common}
+    overrides = {**(FREE_NERF if row == "nerf-sparse+free" else {}), "preview_every": 0}
     spec = BenchmarkSpec(suite="dtu", out=out / views / row, views=len(case.train_ids), steps=None, device="cpu",
                          overrides=overrides)
     return spec, case, preset
@@ -86,7 +83,7 @@ def report(args, results: dict, load) -> str:
                 cells.append(f"{mean_std(vals)} [{len(vals)}]" if vals else "-")
                 minutes += [r["train_time_s"] / 60 for r in rs if r.get("train_time_s")]
                 steps |= {r["steps"] for r in rs}
-                preset = preset or next((r["preset"] for r in rs), "")
+                preset = preset or next((r["method"] for r in rs), "")
             lines.append(f"| {v} | `{row}` | `{preset}` | " + " | ".join(cells)
                          + f" | {'/'.join(map(str, sorted(steps))) or '-'} | "
                          + (f"{np.mean(minutes):.1f} |" if minutes else "- |"))
@@ -134,20 +131,14 @@ def main() -> None:
             for scene in scenes:
                 spec, case, preset = plan_run(scene, views, row, args.out)
                 for seed in (int(s) for s in args.seeds.split(",")):
-                    run_dir = spec.out / "runs" / case.name / preset / f"seed{seed}"
-                    if args.report_only and not _run_done(run_dir):
+                    # --report-only never touches a run another process may be training.
+                    if args.report_only and not _run_done(spec.out / "runs" / case.name / preset / f"seed{seed}"):
                         continue
-                    if args.report_only:
+                    with nullcontext() if args.report_only else heavy_lock(args.lock):
                         record = run_one(spec, case, preset, seed, print)
-                    else:
-                        with heavy_lock(args.lock):
-                            record = run_one(spec, case, preset, seed, print)
-                    summary = json.loads((run_dir / "train_summary.json").read_text())
-                    record.update(preset=preset, steps=summary["step"])
                     results.setdefault((views, row, scene), []).append(record)
-                    text = report(args, results, load)
                     if args.write:
-                        write_section(SECTION, text)
+                        write_section(SECTION, report(args, results, load))
     print(report(args, results, load))
 
 

@@ -144,6 +144,19 @@ def heavy_lock(path: Path = LOCK):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def default_out(views: int, steps: int) -> Path:
+    return ROOT / "outputs" / "bench" / "sparse_real" / f"{views}v_{steps}"
+
+
+def variant_spec(suite: str, variant: str, views: int, steps: int, out: Path):
+    """The benchmark spec of one variant's runs (``OUT/<variant>``; their preset is ``BASE_PRESET``)."""
+    from splatkit.eval.benchmark import BenchmarkSpec
+
+    overrides = variant_config(variant, steps, suite == "dtu")
+    return BenchmarkSpec(suite=suite, out=out / variant, views=views, steps=steps, device="cpu",
+                         overrides={**overrides, "preview_every": 0})
+
+
 def cases(name: str, views: int):
     from splatkit.eval.benchmark import dtu_cases, llff_cases
 
@@ -156,7 +169,7 @@ def cases(name: str, views: int):
 
 
 def main() -> None:
-    from splatkit.eval.benchmark import BenchmarkSpec, _run_done, run_one
+    from splatkit.eval.benchmark import _run_done, run_one
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", default="scan65,scan37,fern")
@@ -176,7 +189,7 @@ def main() -> None:
                         help="file locked while a run trains (give parallel measurements their own)")
     args = parser.parse_args()
     if args.out is None:
-        args.out = ROOT / "outputs" / "bench" / "sparse_real" / f"{args.views}v_{args.steps}"
+        args.out = default_out(args.views, args.steps)
     scenes = [s for s in args.scenes.split(",") if s]
     unknown = sorted(set(scenes) - set(SCENES))
     if unknown:
@@ -192,13 +205,12 @@ def main() -> None:
         suite, case = cases(scene, args.views)
         dtu = suite == "dtu"
         chosen = [v for v in (args.variants.split(",") if args.variants else DEFAULT_VARIANTS) if applies(v, dtu)]
-        plan += [(scene, suite, case, v, variant_config(v, args.steps, dtu)) for v in chosen]
-    order = list(dict.fromkeys(v for _, _, _, v, _ in plan))
+        plan += [(scene, suite, case, v) for v in chosen]
+    order = list(dict.fromkeys(v for _, _, _, v in plan))
     section = SECTION if args.views == 3 else f"{SECTION}_{args.views}v"
     text = ""
-    for scene, suite, case, variant, overrides in plan:
-        spec = BenchmarkSpec(suite=suite, out=args.out / variant, views=args.views, steps=args.steps,
-                             device="cpu", overrides={**overrides, "preview_every": 0})
+    for scene, suite, case, variant in plan:
+        spec = variant_spec(suite, variant, args.views, args.steps, args.out)
         for seed in seeds:
             if args.report_only:
                 # Never touch a run another process may be training: finished ones only.

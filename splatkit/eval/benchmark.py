@@ -317,6 +317,7 @@ def run_one(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, say) -
               "mean": report["mean"], "views": report["views"],
               "lpips_unavailable": report.get("lpips_unavailable"),
               "num_gaussians": summary.get("num_gaussians"), "train_time_s": summary.get("train_time_s"),
+              "steps": summary.get("step"),
               "reused": reused}
     record["images"] = write_side_by_side(spec, case, method, seed, run_dir)
     say(f"[{case.name} | {method} | seed {seed}] " + ", ".join(
