@@ -40,11 +40,29 @@ def test_saliency_path_gradients_match_finite_differences():
 
     assert torch.autograd.gradcheck(saliency, (logits,), eps=1e-6, atol=1e-6)
 
-    def field(logits, table):  # v = p f and the gate on it: what the density MLP sees
-        v = _HashGridFunction.apply(u, table, grid._get_plan(), 1024) * saliency(logits)[:, None]
-        return v, hollow.zero_skip_gate(v, 3.0)
+    def features(table):
+        return _HashGridFunction.apply(u, table, grid._get_plan(), 1024)
+
+    def field(logits, table):  # v = p f: what the density MLP sees
+        return features(table) * saliency(logits)[:, None]
 
     assert torch.autograd.gradcheck(field, (logits, table), eps=1e-6, atol=1e-5)
+    # The gate: the paper's value tanh(alpha ||v||); its gradient reaches p as if f were constant ...
+    f0 = features(table).detach()
+
+    def gate_of_saliency(logits):
+        p = saliency(logits)
+        return hollow.zero_skip_gate(f0 * p[:, None], p, 3.0)
+
+    assert torch.autograd.gradcheck(gate_of_saliency, (logits,), eps=1e-6, atol=1e-5)
+    p0 = saliency(logits.detach())
+    torch.testing.assert_close(hollow.zero_skip_gate(f0 * p0[:, None], p0, 3.0),
+                               torch.tanh(3.0 * torch.linalg.vector_norm(f0 * p0[:, None], dim=-1)))
+    # ... and never the hash table.
+    p1 = saliency(logits)
+    (g_table,) = torch.autograd.grad(hollow.zero_skip_gate(field(logits, table), p1, 3.0).sum(), table,
+                                     allow_unused=True)
+    assert g_table is None or torch.equal(g_table, torch.zeros_like(g_table))
     # The module is that function of its parameter.
     sal = hollow.SaliencyGrid(5).double()
     sal.logits.data.copy_(logits.detach())
@@ -54,11 +72,11 @@ def test_saliency_path_gradients_match_finite_differences():
     # The ADMM terms and the gate at v = 0 (zero, with a zero subgradient).
     m = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda m: hollow.admm_penalty(m, torch.tensor(0.7), 0.1, 2.0), (m,))
-    v0 = torch.zeros(3, 4, requires_grad=True)
-    g = hollow.zero_skip_gate(v0, 1e5)
+    p_pruned = torch.tensor([0.5, 1e-3, 0.0], requires_grad=True)
+    g = hollow.zero_skip_gate(torch.zeros(3, 4), p_pruned, 1e5)
     assert torch.equal(g, torch.zeros(3))
-    (gv,) = torch.autograd.grad(g.sum(), v0)
-    assert torch.equal(gv, torch.zeros_like(gv))
+    (gp,) = torch.autograd.grad(g.sum(), p_pruned)
+    assert torch.equal(gp, torch.zeros(3))
 
 
 @needs_kernels
@@ -270,5 +288,13 @@ def test_hollow_config_errors():
         resolve_config({"method": "nerf", "hollow": True, "hollow_resolution": 1})
     with pytest.raises(SplatkitError, match="hollow_rho"):
         resolve_config({"method": "nerf", "hollow": True, "hollow_rho": 0})
+    with pytest.raises(SplatkitError, match="hollow_init"):
+        resolve_config({"method": "nerf", "hollow": True, "hollow_init": 0.005})
     cfg = resolve_config({"method": "nerf", "hollow": True, "hollow_budget": 0.1})
     assert cfg.hollow and cfg.hollow_budget == 0.1 and cfg.hollow_resolution == hollow.RESOLUTION
+    # hollow_init is the saliency everywhere at the start.
+    from splatkit.methods.nerf import nerf_config
+
+    cfg = resolve_config({"method": "nerf", "hollow": True, "hollow_init": 0.9, "hollow_resolution": 4})
+    field = NerfModel(nerf_config(cfg, [-1, -1, -1, 1, 1, 1])).field
+    torch.testing.assert_close(torch.sigmoid(field.saliency.logits), torch.full((4, 4, 4), 0.9))

@@ -49,7 +49,8 @@ def nerf_config(cfg, aabb: list[float]) -> NerfConfig:
                             max_resolution=cfg.nerf_max_resolution, seed=cfg.seed),
         occ_resolution=cfg.nerf_occ_resolution, near=float(cfg.near_plane), far=float(cfg.far_plane),
         march_steps=cfg.nerf_march_steps, cone_angle=float(cfg.nerf_cone_angle),
-        hollow_resolution=cfg.hollow_resolution if cfg.hollow else 0, hollow_threshold=float(cfg.hollow_threshold))
+        hollow_resolution=cfg.hollow_resolution if cfg.hollow else 0, hollow_threshold=float(cfg.hollow_threshold),
+        hollow_init=float(cfg.hollow_init))
 
 
 @register_method

@@ -75,6 +75,7 @@ class NerfConfig:
     # saliency is below the threshold are pruned (zero features, no lookups).
     hollow_resolution: int = 0
     hollow_threshold: float = hollow.KEEP_THRESHOLD
+    hollow_init: float = hollow.INIT_SALIENCY  # saliency p everywhere at the start
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,6 +101,8 @@ class NerfConfig:
             raise SplatkitError(f"NeRF hollow_resolution must be 0 (off) or >= 2, got {self.hollow_resolution}")
         if not 0 < self.hollow_threshold < 1:
             raise SplatkitError(f"NeRF hollow_threshold must be in (0, 1), got {self.hollow_threshold}")
+        if not self.hollow_threshold < self.hollow_init < 1:
+            raise SplatkitError(f"NeRF hollow_init must be in (hollow_threshold, 1), got {self.hollow_init}")
         self.grid.validate()
 
 
@@ -125,7 +128,8 @@ class NerfField(torch.nn.Module):
         self.register_buffer("aabb", torch.tensor(config.aabb, dtype=torch.float32), persistent=False)
         self.saliency: Optional[hollow.SaliencyGrid] = None
         if config.hollow_resolution > 0:
-            self.saliency = hollow.SaliencyGrid(config.hollow_resolution, config.hollow_threshold)
+            self.saliency = hollow.SaliencyGrid(config.hollow_resolution, config.hollow_threshold,
+                                               init_logit=hollow.logit(config.hollow_init))
         self.impl = "auto"  # hash encoding: "cpu" (C++), "torch" (HashGrid), "auto"
         # Per-feature weights on the hash encoding [n_levels x features per level], None = all 1:
         # FreeNeRF's frequency regularisation opens the finer levels over the run (set per step by
@@ -166,7 +170,7 @@ class NerfField(torch.nn.Module):
         if self.level_mask is not None:
             v = v * self.level_mask.to(v.dtype)
         h = self.density_mlp(v)
-        gate = hollow.zero_skip_gate(v, self.saliency.alpha)
+        gate = hollow.zero_skip_gate(v, p, self.saliency.alpha)
         sigma = gate * trunc_exp(h[:, 0] - 1.0) * inside
         return sigma, h[:, 1:]
 

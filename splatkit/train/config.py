@@ -276,6 +276,9 @@ class TrainConfig:
     small, since the render loss's gradients on the saliency logits are ~1e-9 (splatkit/models/hollow.py)."""
     hollow_threshold: float = 0.01
     """Saliency below which a sample is pruned: zero features, no table lookups (ours)."""
+    hollow_init: float = 0.5
+    """Saliency everywhere at the start (ours; the paper does not say): the hash features enter the
+    MLP scaled by it, so it also scales how fast the field learns at first."""
     hollow_lr: float = 0.05
     """Adam LR of the saliency grid, on the nerf LR schedule (ours: the paper's 1e-2 over 300k steps
     is too slow to move the grid in a short run)."""
@@ -375,6 +378,8 @@ def _check_hollow(c: "TrainConfig") -> None:
     from splatkit.models.hollow import check_settings
 
     check_settings(c.hollow_budget, c.hollow_resolution, c.hollow_rho, c.hollow_threshold)
+    if not c.hollow_threshold < c.hollow_init < 1:
+        raise SplatkitError(f"hollow_init must be in (hollow_threshold, 1), got {c.hollow_init}")
     if not c.hollow_lr > 0:
         raise SplatkitError(f"hollow_lr must be positive, got {c.hollow_lr}")
     if c.hollow and c.method != "nerf":
