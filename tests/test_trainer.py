@@ -212,6 +212,24 @@ def test_run_folder_contents_and_run_api(scene_dir, reference):
     assert json.loads(run.summary_path.read_text())["step"] == 30
 
 
+def test_unscored_training_leaves_the_scores_to_eval(scene_dir, tmp_path):
+    """``train(score=False)`` (benchmarks, the demo) skips the final test pass, which ``splatkit
+    eval`` then does with the same numbers the trainer would have written."""
+    from splatkit.eval.evaluate import evaluate_run
+
+    out = tmp_path / "run"
+    trainer = Trainer(tiny(scene_dir, out, steps=8, checkpoint_every=0, preview_every=0, densify=False),
+                      quiet=True)
+    trainer.train(score=False)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["scored"] is False and summary["mean"] == {} and summary["per_view"] == []
+    assert summary["step"] == 8 and summary["test_views"] == [0, 8]
+    scored = trainer.evaluate()
+    assert scored["scored"] is True and scored["mean"]["psnr"] > 0
+    report = evaluate_run(out)
+    assert report["mean"]["psnr"] == pytest.approx(scored["mean"]["psnr"], abs=1e-4)
+
+
 def test_keep_checkpoints_rotates(scene_dir, tmp_path):
     out = tmp_path / "run"
     Trainer(tiny(scene_dir, out, steps=12, checkpoint_every=3, keep_checkpoints=2, preview_every=0,

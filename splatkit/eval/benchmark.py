@@ -309,7 +309,7 @@ def run_one(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, say) -
         config = run_config(spec, case, method, seed, run_dir)
         say(f"[{case.name} | {method} | seed {seed}] training {config.steps} steps on views "
             f"{','.join(map(str, case.train_ids))}")
-        Trainer(config, quiet=True).train()
+        Trainer(config, quiet=True).train(score=False)  # scored once, by evaluate_run
         evaluate_run(run_dir)
     report = json.loads((run_dir / "metrics.json").read_text())
     summary = json.loads((run_dir / "train_summary.json").read_text())

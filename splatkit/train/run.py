@@ -7,7 +7,7 @@ Layout::
       split.json           {"train": [view ids], "test": [view ids]}
       checkpoints/ckpt_{step:06d}.pt
       train_log.jsonl      one JSON object per logged step
-      train_summary.json   test metrics at the end of training
+      train_summary.json   test metrics at the end of training (none with train(score=False))
       metrics.json         written by ``splatkit eval``
       previews/            preview renders written during training
       renders/             written by ``splatkit render``

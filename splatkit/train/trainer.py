@@ -577,9 +577,10 @@ class Trainer:
                 png.unlink(missing_ok=True)
         return path
 
-    def evaluate(self, model=None) -> dict:
+    def evaluate(self, model=None, score: bool = True) -> dict:
         """PSNR/SSIM (and masked variants when the scene has masks) on the test views, through the
-        same path as ``splatkit eval`` (:func:`splatkit.methods.scoring.score_views`)."""
+        same path as ``splatkit eval`` (:func:`splatkit.methods.scoring.score_views`); with
+        ``score=False`` the same summary without scores (``mean`` empty, ``scored`` False)."""
         from splatkit.methods.scoring import mean_metrics, score_views
 
         ts = self.test_scene
@@ -587,7 +588,7 @@ class Trainer:
         settings = self._render_settings()
         composite = bool(self.config.use_masks and ts is not None and ts.masks is not None)
         rows: list[dict] = []
-        if ts is not None:
+        if ts is not None and score:
             rows, _ = score_views(model, ts, range(len(ts)), settings, composite_gt=composite)
         per_view = [{k: v for k, v in r.items() if k != "position" and not (k.endswith("lpips") and v is None)}
                     for r in rows]
@@ -598,6 +599,7 @@ class Trainer:
             **self.method.summary_stats(model),
             "train_views": self.train_ids,
             "test_views": self.test_ids,
+            "scored": bool(score),
             "mean": mean_metrics(rows),
             "per_view": per_view,
             "eval_background": [float(c) for c in settings.background],
@@ -630,8 +632,11 @@ class Trainer:
         if not self.quiet:
             print(msg, flush=True)
 
-    def train(self) -> Path:
-        """Train to ``config.steps`` (continuing the run with ``resume``); returns the run folder."""
+    def train(self, score: bool = True) -> Path:
+        """Train to ``config.steps`` (continuing the run with ``resume``); returns the run folder.
+        ``score=False`` leaves the test views unscored in ``train_summary.json``, for callers that
+        run ``splatkit eval``'s :func:`~splatkit.eval.evaluate.evaluate_run` next (benchmarks, the
+        demo): a NeRF's 25 DTU test views take minutes to render on a CPU."""
         cfg = self.config
         self._setup()
         self._say(f"run folder: {self.run_path}")
@@ -667,7 +672,7 @@ class Trainer:
             self.save_checkpoint()
         model = self.eval_model()  # compacted once for the preview and the scores
         self.write_preview(model)
-        self.summary = self.evaluate(model)
+        self.summary = self.evaluate(model, score=score)
         write_text_atomic(self.run.summary_path, json.dumps(self.summary, indent=2) + "\n")
         mean = self.summary["mean"]
         if mean:
