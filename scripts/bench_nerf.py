@@ -159,7 +159,8 @@ def main() -> None:
     table = [f"| {r['minutes']:g} min | {r['seed']} | {r['steps']:,} of {r['planned_steps']:,} | {r['train_s']:.0f} s | "
              f"{r['psnr']:.2f} dB | {r['ssim']:.4f} | {r['render_s']:.2f} s | {r['params']:,} |" for r in rows]
     text = "\n".join([
-        "## Hash-grid NeRF on the dense synthetic scene",
+        "## Hash-grid NeRF on the dense synthetic scene"
+        + ("" if torch.device(args.device).type == "cpu" else f" ({args.device})"),
         "",
         f"`python scripts/bench_nerf.py --minutes {' '.join(f'{m:g}' for m in args.minutes)} --seeds "
         f"{' '.join(map(str, args.seeds))} --device {args.device} --threads {args.threads} --preset {args.preset}"
@@ -177,7 +178,9 @@ def main() -> None:
     ])
     print(text)
     if args.write:
-        print(f"wrote {write_section(SECTION, text)}")
+        # A GPU run keeps its own section beside the CPU figures.
+        kind = torch.device(args.device).type
+        print(f"wrote {write_section(SECTION if kind == 'cpu' else f'{SECTION}_{kind}', text)}")
 
 
 if __name__ == "__main__":
