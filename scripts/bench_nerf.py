@@ -158,9 +158,9 @@ def main() -> None:
             print(r, flush=True)
     table = [f"| {r['minutes']:g} min | {r['seed']} | {r['steps']:,} of {r['planned_steps']:,} | {r['train_s']:.0f} s | "
              f"{r['psnr']:.2f} dB | {r['ssim']:.4f} | {r['render_s']:.2f} s | {r['params']:,} |" for r in rows]
+    kind = torch.device(args.device).type  # a GPU run keeps its own section beside the CPU figures
     text = "\n".join([
-        "## Hash-grid NeRF on the dense synthetic scene"
-        + ("" if torch.device(args.device).type == "cpu" else f" ({args.device})"),
+        "## Hash-grid NeRF on the dense synthetic scene" + ("" if kind == "cpu" else f" ({args.device})"),
         "",
         f"`python scripts/bench_nerf.py --minutes {' '.join(f'{m:g}' for m in args.minutes)} --seeds "
         f"{' '.join(map(str, args.seeds))} --device {args.device} --threads {args.threads} --preset {args.preset}"
@@ -178,8 +178,6 @@ def main() -> None:
     ])
     print(text)
     if args.write:
-        # A GPU run keeps its own section beside the CPU figures.
-        kind = torch.device(args.device).type
         print(f"wrote {write_section(SECTION if kind == 'cpu' else f'{SECTION}_{kind}', text)}")
 
 

@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchdoc import load_average, machine_info, write_section  # noqa: E402
+from benchdoc import load_average, machine_info, mean_std, write_section  # noqa: E402
 
 from splatkit.render.cpu_backend import set_kernel_threads  # noqa: E402
 from splatkit.train import resolve_config  # noqa: E402
@@ -78,11 +78,6 @@ def run_one(scene: Path, out: Path, log2_t: int, steps: int, hollow: bool, budge
                     "table_rows_total": exp["table_rows_total"], "mass": last.get("saliency_mass"),
                     "kept_cells": last.get("kept_cells")})
     return row
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
 
 
 def main() -> None:
@@ -144,27 +139,28 @@ def main() -> None:
     for r in sorted(rows, key=lambda r: (r["hollow"], r.get("budget") or 0, r["log2_t"], r.get("seed", 0))):
         groups.setdefault((r["hollow"], r.get("budget") or 0, r["log2_t"]), []).append(r)
     ref_rows = groups.get((False, 0, 19))
-    ref_psnr = _mean_std([r["psnr"] for r in ref_rows])[0] if ref_rows else None
+
+    def mean_of(rs, field):
+        return sum(r[field] for r in rs) / len(rs)
+
+    ref_psnr = mean_of(ref_rows, "psnr") if ref_rows else None
     ref_params = ref_rows[0]["params"] if ref_rows else None
 
     def pct(n):
         return f"{100 * n / ref_params:.0f}%" if ref_params else "n/a"
 
-    def mean_of(rs, field):
-        return sum(r[field] for r in rs) / len(rs)
-
     table, met = [], []
     for (hollow, budget, k), rs in groups.items():
-        psnr, std = _mean_std([r["psnr"] for r in rs])
+        psnr = mean_of(rs, "psnr")
         final = round(mean_of(rs, "params_export")) if hollow else rs[0]["params"]
         what = f"HollowNeRF, budget {budget:g}" if hollow else "plain"
         rows_kept = (f"{100 * mean_of(rs, 'table_rows') / rs[0]['table_rows_total']:.1f}%" if hollow else "all")
         pruned = (f"{mean_of(rs, 'mass'):.3f} / {100 * mean_of(rs, 'kept_cells'):.0f}%" if hollow else "-")
         delta = f"{psnr - ref_psnr:+.2f}" if ref_psnr is not None else "n/a"
         same_t = groups.get((False, 0, k)) if hollow else None  # the plain grid of the same size
-        vs_plain = (f"{psnr - _mean_std([r['psnr'] for r in same_t])[0]:+.2f}" if same_t else "-")
+        vs_plain = f"{psnr - mean_of(same_t, 'psnr'):+.2f}" if same_t else "-"
         seeds = ", ".join(str(r.get("seed", 0)) for r in rs)
-        table.append(f"| 2^{k} | {what} | {seeds} | {mean_of(rs, 'train_s'):.0f} s | {psnr:.2f}{f' ± {std:.2f}' if len(rs) > 1 else ''} "
+        table.append(f"| 2^{k} | {what} | {seeds} | {mean_of(rs, 'train_s'):.0f} s | {mean_std([r['psnr'] for r in rs])} "
                      f"({delta}) | {vs_plain} | {rs[0]['params']:,} | {rows_kept} | {final:,} ({pct(final)}) | {pruned} | "
                      f"{mean_of(rs, 'samples'):,.0f} |")
         if hollow and ref_psnr is not None and final <= 0.31 * ref_params and psnr >= ref_psnr - 0.1:

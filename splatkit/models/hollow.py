@@ -61,7 +61,7 @@ RHO = 1e-4  # ours: the augmented Lagrangian's penalty and dual step (not in the
 _CELL_SLACK = 1e-4
 
 
-def logit(p: float) -> float:
+def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
@@ -70,16 +70,18 @@ class SaliencyGrid(torch.nn.Module):
     ADMM dual variable ``gamma`` and the gate's current ``alpha`` (buffers: checkpoints carry them)."""
 
     def __init__(self, resolution: int = RESOLUTION, threshold: float = KEEP_THRESHOLD,
-                 init_logit: float = 0.0):
+                 init: float = INIT_SALIENCY):
         super().__init__()
         if resolution < 2:
             raise SplatkitError(f"HollowNeRF saliency grid resolution must be >= 2, got {resolution}")
         if not 0 < threshold < 1:
             raise SplatkitError(f"HollowNeRF keep threshold must be in (0, 1), got {threshold}")
+        if not threshold < init < 1:
+            raise SplatkitError(f"HollowNeRF initial saliency must be in (threshold, 1), got {init}")
         self.resolution = int(resolution)
         self.threshold = float(threshold)
-        self.logit_threshold = logit(self.threshold)
-        self.logits = torch.nn.Parameter(torch.full((resolution,) * 3, float(init_logit)))
+        self.logit_threshold = _logit(self.threshold)
+        self.logits = torch.nn.Parameter(torch.full((resolution,) * 3, _logit(init)))
         self.register_buffer("gamma", torch.zeros((), dtype=torch.float64))
         self.register_buffer("alpha", torch.tensor(GATE_ALPHA_EARLY, dtype=torch.float32))
 
@@ -278,7 +280,7 @@ def pruned_counts(grid, saliency: SaliencyGrid) -> dict[str, int]:
             "kept_cells": int(kept.sum()), "cells": int(kept.numel())}
 
 
-def check_settings(budget: float, resolution: int, rho: float, threshold: float) -> None:
+def check_settings(budget: float, resolution: int, rho: float, threshold: float, init: float) -> None:
     if not 0 < budget < 1:
         raise SplatkitError(f"hollow_budget must be in (0, 1) (a fraction of the saliency grid), got {budget}")
     if resolution < 2:
@@ -287,3 +289,5 @@ def check_settings(budget: float, resolution: int, rho: float, threshold: float)
         raise SplatkitError(f"hollow_rho must be positive, got {rho}")
     if not 0 < threshold < 1:
         raise SplatkitError(f"hollow_threshold must be in (0, 1), got {threshold}")
+    if not threshold < init < 1:
+        raise SplatkitError(f"hollow_init must be in (hollow_threshold, 1), got {init}")

@@ -101,8 +101,6 @@ class NerfConfig:
             raise SplatkitError(f"NeRF hollow_resolution must be 0 (off) or >= 2, got {self.hollow_resolution}")
         if not 0 < self.hollow_threshold < 1:
             raise SplatkitError(f"NeRF hollow_threshold must be in (0, 1), got {self.hollow_threshold}")
-        if not self.hollow_threshold < self.hollow_init < 1:
-            raise SplatkitError(f"NeRF hollow_init must be in (hollow_threshold, 1), got {self.hollow_init}")
         self.grid.validate()
 
 
@@ -129,7 +127,7 @@ class NerfField(torch.nn.Module):
         self.saliency: Optional[hollow.SaliencyGrid] = None
         if config.hollow_resolution > 0:
             self.saliency = hollow.SaliencyGrid(config.hollow_resolution, config.hollow_threshold,
-                                               init_logit=hollow.logit(config.hollow_init))
+                                               config.hollow_init)
         self.impl = "auto"  # hash encoding: "cpu" (C++), "torch" (HashGrid), "auto"
         # Per-feature weights on the hash encoding [n_levels x features per level], None = all 1:
         # FreeNeRF's frequency regularisation opens the finer levels over the run (set per step by

@@ -377,9 +377,7 @@ class TrainConfig:
 def _check_hollow(c: "TrainConfig") -> None:
     from splatkit.models.hollow import check_settings
 
-    check_settings(c.hollow_budget, c.hollow_resolution, c.hollow_rho, c.hollow_threshold)
-    if not c.hollow_threshold < c.hollow_init < 1:
-        raise SplatkitError(f"hollow_init must be in (hollow_threshold, 1), got {c.hollow_init}")
+    check_settings(c.hollow_budget, c.hollow_resolution, c.hollow_rho, c.hollow_threshold, c.hollow_init)
     if not c.hollow_lr > 0:
         raise SplatkitError(f"hollow_lr must be positive, got {c.hollow_lr}")
     if c.hollow and c.method != "nerf":
