@@ -152,6 +152,64 @@ def test_admm_drives_the_saliency_mass_under_the_budget_on_a_toy_problem():
         assert float(plain.mass()) > 0.45  # without the pruner nothing pushes the mass down
 
 
+def test_decoupled_step_is_the_lagrangian_gradient_per_logit_applied_beside_adam():
+    """``decoupled_step`` moves each logit by ``lr`` times the augmented Lagrangian's gradient with
+    the mass as a sum (T^3 x the paper's mean), and does nothing while gamma = 0 and the mass is
+    under the budget."""
+    torch.manual_seed(0)
+    sal = hollow.SaliencyGrid(5)
+    with torch.no_grad():
+        sal.logits.normal_(0, 2)
+        sal.gamma.fill_(0.7)
+    before = sal.logits.detach().clone()
+    budget, rho, lr = 0.2, 0.05, 0.1
+    penalty = hollow.admm_penalty(sal.mass(), sal.gamma, budget, rho) * sal.logits.numel()
+    (grad,) = torch.autograd.grad(penalty, sal.logits)
+    hollow.decoupled_step(sal, lr, budget, rho)
+    torch.testing.assert_close(sal.logits.detach(), before - lr * grad)
+    with torch.no_grad():
+        sal.gamma.zero_()
+        sal.logits.fill_(-3.0)  # mass 0.047 < budget
+    hollow.decoupled_step(sal, lr, budget, rho)
+    assert bool((sal.logits == -3.0).all())
+
+
+def test_decoupled_solver_keeps_what_a_weak_render_signal_asks_for():
+    """The reason for ``hollow_solver=decoupled``: the real render loss's gradients on the logits are
+    ~1e-9. Scaled down like that, the toy loss still keeps its corner with the pruner beside Adam
+    (Adam normalises the weak signal, the pull stays outside), while inside Adam the Lagrangian
+    swamps it and the corner is squeezed with the rest."""
+    budget = 0.2  # the corner's points read ~17% of a 9^3 grid's values
+    g = torch.Generator().manual_seed(0)
+    pts = torch.rand(1000, 3, generator=g) * 0.45
+
+    def run(solver: str):
+        sal = hollow.SaliencyGrid(9)
+        opt = torch.optim.Adam([sal.logits], lr=0.1, eps=1e-15)
+        rho = hollow.RHO_BY_SOLVER[solver] * 10  # a 300-step toy: faster dual ascent
+        for _ in range(300):
+            p, _ = sal(pts)
+            loss = 1e-7 * ((1 - p) ** 2).mean()
+            if solver == "adam":
+                loss = loss + hollow.admm_penalty(sal.mass(), sal.gamma, budget, rho)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if solver == "decoupled":
+                hollow.decoupled_step(sal, 0.1, budget, rho)
+            hollow.dual_step(sal.gamma, sal.mass().detach(), budget, rho)
+        return sal
+
+    far = torch.rand(500, 3, generator=g) * 0.3 + 0.7
+    dec, coupled = run("decoupled"), run("adam")
+    with torch.no_grad():
+        assert float(dec.mass()) <= budget
+        assert float(dec(pts)[0].mean()) > 0.9  # kept
+        assert float(dec(far)[0].mean()) < 0.05  # pulled down
+        assert float(coupled(pts)[0].mean()) < 0.1  # squeezed with everything else
+        assert abs(float(coupled(pts)[0].mean()) - float(coupled(far)[0].mean())) < 0.02
+
+
 def _hollow_model(res: int = 8, impl: str = "auto") -> NerfModel:
     cfg = NerfConfig(aabb=[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], grid=HashGridConfig(
         n_levels=4, n_features_per_level=2, log2_hashmap_size=12, base_resolution=4, max_resolution=96),
@@ -290,6 +348,14 @@ def test_hollow_config_errors():
         resolve_config({"method": "nerf", "hollow": True, "hollow_rho": 0})
     with pytest.raises(SplatkitError, match="hollow_init"):
         resolve_config({"method": "nerf", "hollow": True, "hollow_init": 0.005})
+    with pytest.raises(SplatkitError, match="hollow_solver"):
+        resolve_config({"method": "nerf", "hollow": True, "hollow_solver": "sgd"})
+    # hollow_rho's default depends on the solver; an explicit one is kept.
+    assert resolve_config({"method": "nerf", "hollow": True}).hollow_rho == hollow.RHO
+    assert resolve_config({"method": "nerf", "hollow": True, "hollow_solver": "decoupled"}).hollow_rho == \
+        hollow.RHO_DECOUPLED
+    assert resolve_config({"method": "nerf", "hollow": True, "hollow_solver": "decoupled",
+                           "hollow_rho": 0.3}).hollow_rho == 0.3
     cfg = resolve_config({"method": "nerf", "hollow": True, "hollow_budget": 0.1})
     assert cfg.hollow and cfg.hollow_budget == 0.1 and cfg.hollow_resolution == hollow.RESOLUTION
     # hollow_init is the saliency everywhere at the start.

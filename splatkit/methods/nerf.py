@@ -180,6 +180,8 @@ class Nerf(Method):
         if sal is None:
             return {}
         cfg = self.config
+        if cfg.hollow_solver == "decoupled":  # applied beside Adam in optimizer_step
+            return {}
         return {"hollow_admm": hollow.admm_penalty(sal.mass(), sal.gamma, cfg.hollow_budget, cfg.hollow_rho)}
 
     def optimizer_step(self, step: int, outputs: RenderOutputs) -> None:
@@ -191,6 +193,9 @@ class Nerf(Method):
             o.step()
             o.zero_grad(set_to_none=True)
         sal = self.model.field.saliency
+        if sal is not None and self.config.hollow_solver == "decoupled":
+            hollow.decoupled_step(sal, self.config.hollow_lr * factor, self.config.hollow_budget,
+                                  self.config.hollow_rho)
         if sal is not None:  # ADMM: the dual ascent step after the primal one (paper)
             hollow.dual_step(sal.gamma, sal.mass().detach(), self.config.hollow_budget, self.config.hollow_rho)
 

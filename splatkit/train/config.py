@@ -271,9 +271,15 @@ class TrainConfig:
     """Budget on the saliency grid's mean sigmoid, a fraction of the box (the paper's C = 0.04)."""
     hollow_resolution: int = 64
     """Saliency grid values per side (the paper's T = 64)."""
-    hollow_rho: float = 1e-4
-    """Augmented-Lagrangian penalty and dual step of the ADMM pruner (ours; not given in the paper):
-    small, since the render loss's gradients on the saliency logits are ~1e-9 (splatkit/models/hollow.py)."""
+    hollow_rho: Optional[float] = None
+    """Augmented-Lagrangian penalty and dual step of the ADMM pruner (ours; not given in the paper).
+    Default by ``hollow_solver``: 1e-4 for ``adam`` (the render loss's gradients on the saliency
+    logits are ~1e-9), 1e-2 for ``decoupled`` (splatkit/models/hollow.py)."""
+    hollow_solver: str = "adam"
+    """How the pruner's pressure reaches the saliency logits: ``adam`` (the paper: the augmented
+    Lagrangian is part of the loss, one Adam for everything) or ``decoupled`` (ours: Adam sees the
+    render loss only and the Lagrangian's gradient is applied beside it, as AdamW decouples weight
+    decay, so that a cell the render loss keeps asking for survives and the rest is pruned)."""
     hollow_threshold: float = 0.01
     """Saliency below which a sample is pruned: zero features, no table lookups (ours)."""
     hollow_init: float = 0.5
@@ -375,8 +381,12 @@ class TrainConfig:
 
 
 def _check_hollow(c: "TrainConfig") -> None:
-    from splatkit.models.hollow import check_settings
+    from splatkit.models.hollow import RHO_BY_SOLVER, check_settings
 
+    if c.hollow_solver not in RHO_BY_SOLVER:
+        raise SplatkitError(f"hollow_solver must be one of {sorted(RHO_BY_SOLVER)}, got {c.hollow_solver!r}")
+    if c.hollow_rho is None:
+        c.hollow_rho = RHO_BY_SOLVER[c.hollow_solver]
     check_settings(c.hollow_budget, c.hollow_resolution, c.hollow_rho, c.hollow_threshold, c.hollow_init)
     if not c.hollow_lr > 0:
         raise SplatkitError(f"hollow_lr must be positive, got {c.hollow_lr}")
