@@ -23,6 +23,9 @@ its authors' DTU settings, LLFF's on fern).
 
 Each run takes a lock file (``--lock``, default ``/tmp/splatkit-heavy.lock``: the machine is shared)
 while it trains; finished runs are reused, so an interrupted measurement continues where it stopped.
+With ``--write`` every run's figures also go into ``docs/results/bench_sparse_real.json`` (committed):
+a run recorded there whose folder is not on this machine is reported from it, not retrained, so the
+tables survive the machine (delete its entry to measure it again).
 Pictures (ground truth | render | error) are in ``OUT/<variant>/images``.
 
     .venv/bin/python scripts/bench_sparse_real.py [--scenes scan65,scan37,fern] [--steps 3000]
@@ -32,6 +35,7 @@ Pictures (ground truth | render | error) are in ``OUT/<variant>/images``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import sys
@@ -43,7 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchdoc import load_average, machine_info, mean_std, write_section  # noqa: E402
+from benchdoc import load_average, load_results, machine_info, mean_std, record_result, write_section  # noqa: E402
 
 SECTION = "bench_sparse_real"
 SHARED = ROOT.parent / "shared" / "data"
@@ -168,6 +172,11 @@ def cases(name: str, views: int):
     return suite, dataclasses.replace(case, name=name)
 
 
+def result_key(views: int, steps: int, scene: str, variant: str, seed: int) -> str:
+    """A run's key in the ledger ``docs/results/bench_sparse_real.json``."""
+    return f"{views}v/{steps}/{scene}/{variant}/seed{seed}"
+
+
 def main() -> None:
     from splatkit.eval.benchmark import _run_done, run_one
 
@@ -179,7 +188,12 @@ def main() -> None:
     parser.add_argument("--variants", default=None, help="comma separated (default: every one)")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: outputs/bench/sparse_real/<views>v_<steps>")
-    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--write", action="store_true",
+                        help="update docs/benchmarks.md and record each run in docs/results/bench_sparse_real.json")
+    parser.add_argument("--record", action="store_true",
+                        help="record each run in docs/results/bench_sparse_real.json, leave docs/benchmarks.md "
+                             "(parts of one measurement running side by side; --report-only --write then makes "
+                             "the table)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: report the runs that have finished (others show '-')")
     parser.add_argument("--pictures", default=None, metavar="VARIANTS",
@@ -209,17 +223,24 @@ def main() -> None:
     order = list(dict.fromkeys(v for _, _, _, v in plan))
     section = SECTION if args.views == 3 else f"{SECTION}_{args.views}v"
     text = ""
+    ledger = load_results(SECTION)
     for scene, suite, case, variant in plan:
         spec = variant_spec(suite, variant, args.views, args.steps, args.out)
+        metric = "masked_psnr" if suite == "dtu" else "psnr"
         for seed in seeds:
-            if args.report_only:
-                # Never touch a run another process may be training: finished ones only.
-                if not _run_done(spec.out / "runs" / case.name / BASE_PRESET / f"seed{seed}"):
-                    continue
-                record = run_one(spec, case, BASE_PRESET, seed, print)
+            key = result_key(args.views, args.steps, scene, variant, seed)
+            done = _run_done(spec.out / "runs" / case.name / BASE_PRESET / f"seed{seed}")
+            if key in ledger and not done:
+                record = ledger[key]  # measured on a machine whose run folder is gone
+            elif args.report_only and not done:
+                continue  # never touch a run another process may be training
             else:
-                with heavy_lock(args.lock):
+                with heavy_lock(args.lock) if not done else contextlib.nullcontext():
                     record = run_one(spec, case, BASE_PRESET, seed, print)
+                if args.write or args.record:
+                    ledger = record_result(SECTION, key, {
+                        "mean": {metric: record["mean"][metric]}, "train_time_s": record.get("train_time_s"),
+                        "num_gaussians": record.get("num_gaussians")})
             results.setdefault((scene, variant), []).append(record)
             # The section is rewritten after every run: a long measurement shows what has finished.
             text = report(args, scenes, order, results, load, len(plan) * len(seeds))
@@ -305,7 +326,7 @@ sees, SH degree 1, densification over 1/60 to 1/2 of the run, no plugins, no dep
 techniques to it, `all` is every technique of the `sparse` preset ({', '.join(FULL)}; on fern without
 `dark_backdrop`, whose dark mask covers 4e-6 of its pixels), `all-a+b` removes / adds some; see the script's doc. Minutes: training time per
 run, averaged over the row (runs shared the 2 cores with up to two others, 1 thread each). Pictures (ground
-truth | render | error): `OUT/<variant>/images/`.
+truth | render | error): `OUT/<variant>/images/`; per-run figures: `docs/results/{SECTION}.json`.
 
 {chr(10).join(lines)}
 """

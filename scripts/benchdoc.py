@@ -70,3 +70,36 @@ def write_section(name: str, text: str) -> Path:
             doc = "# Benchmarks\n\n" + block + "\n"
         write_text_atomic(DOC, doc)
     return DOC
+
+
+# Per-run figures behind the tables, committed beside docs/benchmarks.md: run folders live under
+# outputs/ (gitignored, gigabytes) and go when a machine goes, and a table regenerated from the runs
+# still on disk would silently drop every row measured elsewhere.
+RESULTS = ROOT / "docs" / "results"
+
+
+def results_path(name: str) -> Path:
+    return RESULTS / f"{name}.json"
+
+
+def load_results(name: str) -> dict[str, dict]:
+    """The ledger ``docs/results/NAME.json``: run key -> the figures recorded for that run."""
+    import json
+
+    path = results_path(name)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_result(name: str, key: str, entry: dict) -> dict[str, dict]:
+    """Add or replace one run's figures in the ledger and return the whole ledger. Locked like
+    ``write_section``: parallel measurements append to the same file."""
+    import json
+
+    path = results_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ledger = load_results(name)
+        ledger[key] = {**entry, "recorded": datetime.date.today().isoformat()}
+        write_text_atomic(path, json.dumps(dict(sorted(ledger.items())), indent=1) + "\n")
+    return ledger
