@@ -79,7 +79,7 @@ def post_repair(repair_run: Path, base_run: Path, pictures: Path, limit: int = 4
 
 
 def main() -> None:
-    from splatkit.eval.benchmark import BenchmarkSpec, run_one
+    from splatkit.eval.benchmark import BenchmarkSpec, _run_done, run_one
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", default="object0,object1,scan65,scan37")
@@ -89,6 +89,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="extra diffusion_repair settings KEY=JSON")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "repair")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: report the scenes, views and seeds whose two runs have finished")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s]
     views_list = [int(v) for v in args.views.split(",") if v]
@@ -106,15 +108,20 @@ def main() -> None:
                 continue
             metric = "masked_psnr" if suite in ("dtu", "synthetic") else "psnr"
             row = rows.setdefault((scene, views), {"metric": metric, BASE: [], REPAIR: [], "post": [], "times": []})
+
+            def out_for(preset: str) -> Path:  # other repair settings get their own folders
+                return args.out / f"{views}v" / (tag if preset == REPAIR and tag else "")
+
             for seed in seeds:
+                if args.report_only and not all(
+                        _run_done(out_for(p) / "runs" / case.name / p / f"seed{seed}") for p in (BASE, REPAIR)):
+                    continue
                 recs = {}
                 for preset in (BASE, REPAIR):
                     over = {"preview_every": 0}
                     if preset == REPAIR and extra:
                         over["plugins"] = {"diffusion_repair": extra}
-                    # Runs with other repair settings get their own folders (finished runs are reused).
-                    out = args.out / f"{views}v" / (tag if preset == REPAIR and tag else "")
-                    spec = BenchmarkSpec(suite=suite, out=out, views=views, steps=args.steps, device="cpu",
+                    spec = BenchmarkSpec(suite=suite, out=out_for(preset), views=views, steps=args.steps, device="cpu",
                                          overrides=over)
                     recs[preset] = run_one(spec, case, preset, seed, print)
                     row[preset].append(recs[preset]["mean"][metric])
@@ -132,6 +139,13 @@ def main() -> None:
     print(report(args, rows, load))
 
 
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def report(args, rows, load) -> str:
     lines = ["| scene | views | metric | `sparse` | `sparse-repair` | gain | repair alone: before -> after (test renders of `sparse`) |",
              "|---|---|---|---|---|---|---|"]
@@ -139,6 +153,8 @@ def report(args, rows, load) -> str:
               "|---|---|---|---|---|---|---|"]
     for (scene, views), r in rows.items():
         base, rep = r[BASE], r[REPAIR]
+        if not base or not rep:  # --report-only: nothing finished for this scene and view count
+            continue
         n = min(len(base), len(rep))
         gains = [b - a for a, b in zip(base[:n], rep[:n])]
         post = "; ".join(f"{p['before']:.2f} -> {p['after']:.2f}" for p in r["post"])
@@ -148,19 +164,21 @@ def report(args, rows, load) -> str:
             t = np.mean(np.array(r["times"], dtype=float), axis=0)
             tlines.append(f"| {scene} | {views} | {t[0]:.0f} | {t[1]:.0f} | {t[2]:.2f} | {t[3] / 60:.1f} | {t[4] / 60:.1f} |")
     title = f" ({', '.join(args.set)})" if args.set else ""
+    seeds_note = (" Each row has the seeds whose two runs had finished (`--report-only`)."
+                  if args.report_only else "")
     tuned = (", used as shipped: no per-scene fine-tune" if "tune_steps=0" in args.set
              else ", fine-tuned per scene on the scene's own pairs")
     return f"""## Diffusion repair (GaussianObject-style) against the same preset without it{title}
 
 `python scripts/bench_repair.py --scenes {args.scenes} --views {args.views} --steps {args.steps} --seeds
-{args.seeds}{' --set ' + ' '.join(args.set) if args.set else ''} --write` on {machine_info()}; load average
+{args.seeds}{' --set ' + ' '.join(args.set) if args.set else ''}{' --report-only' if args.report_only else ''} --write` on {machine_info()}; load average
 {'unknown' if load is None else f'{load:.1f}'} at the start (a shared machine: times are upper bounds).
 `sparse-repair` is `sparse` plus `diffusion_repair` with the model `ours` (the compact network shipped
 with splatkit{tuned}); both {args.steps} steps, same seeds;
 mean ± std over seeds; gain = per-seed difference. Synthetic objects: 200x150, the suite's degraded
 depth priors; DTU: 400x300, protocol views, masked PSNR over the protocol's test views. "Repair alone":
 the `sparse` run's test renders repaired by the run's repair model (strength 0.5) against the photos,
-one entry per seed; pictures render | repaired | ground truth in `outputs/bench/repair/pictures/`.
+one entry per seed; pictures render | repaired | ground truth in `{_shown(args.out)}/pictures/`.{seeds_note}
 
 {chr(10).join(lines)}
 
