@@ -71,3 +71,26 @@ def test_committed_ledger_rebuilds_the_documented_tables(views):
             assert len(a) == len(b), (variant, documented, ours)
             assert all(abs(float(x) - float(y)) <= 0.011 for x, y in zip(a, b)), (variant, documented, ours)
             assert re.findall(r"\[(\d+)\]", documented) == re.findall(r"\[(\d+)\]", ours), (variant, documented, ours)
+
+
+def test_coverage_hull_queries_match_a_box():
+    """dtu_coverage's ray queries on a grid holding one axis-aligned box: the first hit is the face
+    the ray enters by (within a half-voxel step), and a point behind the box is blocked from a
+    camera in front of it but not from one beside it."""
+    import numpy as np
+    from dtu_coverage import Hull
+
+    R = 40
+    lo, hi = np.zeros(3), np.ones(3)
+    ijk = np.stack(np.meshgrid(*[np.arange(R)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    centres = (ijk + 0.5) / R
+    in_box = np.all((centres > 0.4) & (centres < 0.6), axis=1)
+    hull = Hull(ijk[in_box, 0] + R * ijk[in_box, 1] + R * R * ijk[in_box, 2], lo, hi, R)
+    o = np.array([[0.5, 0.5, -1.0], [0.45, 0.55, 2.0], [0.1, 0.1, -1.0]])
+    d = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0], [0.0, 0.0, 1.0]])
+    hit = hull.first_hit(o, d)
+    assert abs(hit[0, 2] - 0.4) <= 0.5 / R + 1e-9 and abs(hit[1, 2] - 0.6) <= 0.5 / R + 1e-9
+    assert np.isnan(hit[2]).all()  # misses the box
+    behind = np.array([[0.5, 0.5, 0.9]])
+    assert hull.blocked(behind, np.array([0.5, 0.5, -2.0]))[0]
+    assert not hull.blocked(behind, np.array([3.0, 0.5, 0.9]))[0]

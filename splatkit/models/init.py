@@ -234,22 +234,19 @@ def _voxel_centres(flat: np.ndarray, lo: np.ndarray, size: np.ndarray, resolutio
     return lo + (ijk + 0.5) * size
 
 
-def visual_hull_points(scene: Scene, n: int, rng: np.random.Generator, *,
-                       resolution: int = VISUAL_HULL_RESOLUTION,
-                       coarse_resolution: int = VISUAL_HULL_COARSE_RESOLUTION,
-                       min_views: Optional[int] = None, scene_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
-    """``n`` points in the visual hull of the scene's object masks, GaussianObject's structure
-    prior: ``(points, colors, description)``.
+def visual_hull_grid(scene: Scene, *, resolution: int = VISUAL_HULL_RESOLUTION,
+                     coarse_resolution: int = VISUAL_HULL_COARSE_RESOLUTION, min_views: Optional[int] = None,
+                     scene_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The visual hull of the scene's object masks carved on a voxel grid: ``(flat, lo, hi)``, the
+    flat indices (x fastest) of the surviving voxels of a ``resolution``^3 grid over the box
+    ``lo``..``hi``.
 
     A voxel survives when every view that sees its centre has mask >= 0.5 there (the test
     :func:`random_init_points` carves with) and at least ``min_views`` views (default: all) see it.
     A coarse grid over a cube around the cameras' focus point (half-size: the farthest camera's
     distance to it; forward-facing captures: gsplat's random-init cube) finds the hull's box; the
-    box enlarged 2x is carved at ``resolution`` voxels a side. The points are spread evenly over
-    the surviving voxels (each gets ``n // V`` or one more), jittered uniformly within their voxel;
-    a jittered point that leaves the hull falls back to its voxel's centre, so every point passes
-    the mask test. Colours: the mean of the pixels a point projects to. The masks are used whether
-    or not the run trains with them (``use_masks``: the DTU protocol trains without)."""
+    box enlarged 2x is carved at ``resolution`` voxels a side. The masks are used whether or not
+    the run trains with them (``use_masks``: the DTU protocol trains without)."""
     from splatkit.data.normalize import focus_point
 
     if scene.masks is None:
@@ -279,6 +276,23 @@ def visual_hull_points(scene: Scene, n: int, rng: np.random.Generator, *,
     fine = _carve_grid(scene, lo, hi, resolution, min_views)
     if len(fine) == 0:  # only a hull thinner than a fine voxel, whose centres all miss it
         raise SplatkitError(f"init 'visual_hull': the hull is thinner than a voxel at resolution {resolution}")
+    return fine, lo, hi
+
+
+def visual_hull_points(scene: Scene, n: int, rng: np.random.Generator, *,
+                       resolution: int = VISUAL_HULL_RESOLUTION,
+                       coarse_resolution: int = VISUAL_HULL_COARSE_RESOLUTION,
+                       min_views: Optional[int] = None, scene_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
+    """``n`` points in the visual hull of the scene's object masks (:func:`visual_hull_grid`),
+    GaussianObject's structure prior: ``(points, colors, description)``.
+
+    The points are spread evenly over the surviving voxels (each gets ``n // V`` or one more),
+    jittered uniformly within their voxel; a jittered point that leaves the hull falls back to its
+    voxel's centre, so every point passes the mask test. Colours: the mean of the pixels a point
+    projects to."""
+    min_views = len(scene.cameras) if min_views is None else min_views
+    fine, lo, hi = visual_hull_grid(scene, resolution=resolution, coarse_resolution=coarse_resolution,
+                                    min_views=min_views, scene_scale=scene_scale)
     size = (hi - lo) / resolution
     centres = _voxel_centres(fine, lo, size, resolution)
     V = len(centres)
@@ -288,7 +302,7 @@ def visual_hull_points(scene: Scene, n: int, rng: np.random.Generator, *,
     pts[~inside] = centres[which[~inside]]
     _, _, cols = _mask_votes(scene, pts)
     return (pts.astype(np.float32), cols,
-            f"{V} of {resolution}^3 voxels in the visual hull of {len(cams)} masks")
+            f"{V} of {resolution}^3 voxels in the visual hull of {len(scene.cameras)} masks")
 
 
 # ``init="triangulated"`` falls back to random points below this many triangulated points: a few

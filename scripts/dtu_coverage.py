@@ -1,0 +1,207 @@
+"""How much of each DTU test view the sparse training views can see at all (issue #14's gap analysis).
+
+A masked-PSNR gap between two scans at the same view count can come from the method or from the
+capture: object surface that no training camera sees has no photometric signal, whatever the
+method. This measures the second. The object's geometry is the visual hull of all 49 object masks
+(``splatkit.models.init.visual_hull_grid``; a voxel must be inside every mask that sees it and seen
+by ``--min-views``); for every object pixel of each protocol test view, the ray's first hull voxel is
+the surface point, and a training view *sees* it when the point projects inside that image, in
+front of the camera, with no hull voxel between (checked by marching towards the camera). The hull
+is larger than the object (concavities stay filled), so occlusion is over- and depth slightly
+under-estimated; both are the same for every scan and view count.
+
+Reported per scan and training-view count (the protocol's first 3 / 6 / 9 of 25, 22, 28, 40, 44,
+48, 0, 8, 13): the share of test-view object pixels seen by at least one training view and by at
+least two (what stereo initialisation and warp consistency need), mean over the 25 test views, and
+the worst view; a picture of test view 1 per scan at 3 views (seen by 2+ views green, by 1 yellow,
+by none red).
+
+    .venv/bin/python scripts/dtu_coverage.py [--scans 65,37] [--views 3,6,9] [--resolution 160] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchdoc import machine_info, write_section  # noqa: E402
+
+SECTION = "dtu_coverage"
+SHARED = ROOT.parent / "shared" / "data"
+PICTURE = ROOT / "docs" / "images" / "dtu_coverage_3v.jpg"
+PICTURE_VIEW = 1  # the test view the other pictures of these scans show
+
+
+class Hull:
+    """The carved voxel grid with the two ray queries the coverage needs."""
+
+    def __init__(self, flat: np.ndarray, lo: np.ndarray, hi: np.ndarray, resolution: int):
+        self.R = resolution
+        self.lo, self.hi = lo, hi
+        self.size = (hi - lo) / resolution
+        self.occ = np.zeros(resolution ** 3, dtype=bool)
+        self.occ[flat] = True
+
+    def occupied(self, pts: np.ndarray) -> np.ndarray:
+        ijk = np.floor((pts - self.lo) / self.size).astype(np.int64)
+        ok = np.all((ijk >= 0) & (ijk < self.R), axis=1)
+        out = np.zeros(len(pts), dtype=bool)
+        i = ijk[ok]
+        out[ok] = self.occ[i[:, 0] + self.R * i[:, 1] + self.R ** 2 * i[:, 2]]
+        return out
+
+    def _span(self, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where each ray enters and leaves the grid's box (slab test; t_in > t_out: misses it)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a, b = (self.lo - o) / d, (self.hi - o) / d
+        t_in = np.nanmax(np.minimum(a, b), axis=1)
+        t_out = np.nanmin(np.maximum(a, b), axis=1)
+        return np.maximum(t_in, 0.0), t_out
+
+    def first_hit(self, o: np.ndarray, d: np.ndarray) -> np.ndarray:
+        """The first occupied point along each ray (NaN where it hits nothing), half-voxel steps."""
+        step = 0.5 * float(self.size.min())
+        t, t_out = self._span(o, d)
+        hit = np.full(o.shape, np.nan)
+        active = np.flatnonzero(t <= t_out)
+        while len(active):
+            p = o[active] + t[active, None] * d[active]
+            occ = self.occupied(p)
+            hit[active[occ]] = p[occ]
+            t[active] += step
+            active = active[~occ & (t[active] <= t_out[active])]
+        return hit
+
+    def blocked(self, pts: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Whether a hull voxel lies between each point and ``target`` (a camera centre); the march
+        starts two voxels off the point so that its own voxel does not count."""
+        d = target - pts
+        dist = np.linalg.norm(d, axis=1)
+        d = d / dist[:, None]
+        step = 0.5 * float(self.size.min())
+        start = 2.0 * float(np.linalg.norm(self.size))
+        _, t_out = self._span(pts, d)
+        t = np.full(len(pts), start)
+        end = np.minimum(t_out, dist)
+        out = np.zeros(len(pts), dtype=bool)
+        active = np.flatnonzero(t <= end)
+        while len(active):
+            occ = self.occupied(pts[active] + t[active, None] * d[active])
+            out[active[occ]] = True
+            t[active] += step
+            active = active[~occ & (t[active] <= end[active])]
+        return out
+
+
+def seen_count(scene, hull: Hull, view: int, train_positions: list[int], stride: int):
+    """For the object pixels of ``view`` (every ``stride``-th row and column): their pixel
+    coordinates and how many of the training views see their surface point."""
+    cams = scene.cameras
+    mask = scene.masks[view] >= 0.5
+    sub = np.zeros_like(mask)
+    sub[::stride, ::stride] = True
+    ys, xs = np.nonzero(mask & sub)
+    o, d = cams.pixel_rays(view)
+    pts = hull.first_hit(o[ys, xs], d[ys, xs])
+    found = ~np.isnan(pts[:, 0])
+    count = np.zeros(len(ys), dtype=np.int32)
+    p = pts[found]
+    for t in train_positions:
+        uv, z = cams[[t]].project(p)
+        W, H = int(cams.widths[t]), int(cams.heights[t])
+        inside = (z[0] > 0) & (uv[0, :, 0] >= 0) & (uv[0, :, 0] < W) & (uv[0, :, 1] >= 0) & (uv[0, :, 1] < H)
+        vis = inside.copy()
+        vis[inside] = ~hull.blocked(p[inside], cams.centers[t])
+        count[np.flatnonzero(found)[vis]] += 1
+    return ys, xs, count, found
+
+
+def main() -> None:
+    from splatkit.data.loader import load_scene
+    from splatkit.eval.protocols import dtu_protocol
+    from splatkit.models.init import visual_hull_grid
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scans", default="65,37")
+    ap.add_argument("--views", default="3,6,9")
+    ap.add_argument("--resolution", type=int, default=160, help="hull voxels a side")
+    ap.add_argument("--min-views", type=int, default=3, help="views that must see a hull voxel")
+    ap.add_argument("--stride", type=int, default=2, help="test pixels: every STRIDE-th row and column")
+    ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md and the picture")
+    args = ap.parse_args()
+    protocol = dtu_protocol()
+    counts = [int(v) for v in args.views.split(",") if v]
+    lines = ["| scan | training views | seen by >= 1 (mean over test views) | seen by >= 2 | worst test view (>= 1) | hull hit |",
+             "|---|---|---|---|---|---|"]
+    tiles = []
+    t0 = time.time()
+    for scan in [s for s in args.scans.split(",") if s]:
+        folder = SHARED / f"dtu_scan{scan}"
+        if not folder.is_dir():
+            print(f"scan {scan}: not found under {SHARED}; skipped")
+            continue
+        scene = load_scene(folder)
+        flat, lo, hi = visual_hull_grid(scene, resolution=args.resolution, min_views=args.min_views)
+        hull = Hull(flat, lo, hi, args.resolution)
+        print(f"scan {scan}: {len(flat)} hull voxels of {args.resolution}^3 ({time.time() - t0:.0f} s)", flush=True)
+        tests = scene.index_of(protocol.test_views())
+        for k in counts:
+            train = scene.index_of(protocol.train_views(k))
+            one, two, hit = [], [], []
+            for vid, view in zip(protocol.test_views(), tests):
+                ys, xs, count, found = seen_count(scene, hull, view, train, args.stride)
+                one.append(float(np.mean(count >= 1)))
+                two.append(float(np.mean(count >= 2)))
+                hit.append(float(np.mean(found)))
+                if k == 3 and vid == PICTURE_VIEW:
+                    tiles.append(coverage_picture(scene.images[view], ys, xs, count, args.stride))
+            worst = int(np.argmin(one))
+            lines.append(f"| {scan} | {k} | {np.mean(one):.1%} | {np.mean(two):.1%} | "
+                         f"{protocol.test_views()[worst]}: {one[worst]:.1%} | {np.mean(hit):.1%} |")
+            print(lines[-1], flush=True)
+    text = "\n".join([
+        "## DTU: how much of the test views the training views see",
+        "",
+        f"`python scripts/dtu_coverage.py --scans {args.scans} --views {args.views} --resolution {args.resolution} "
+        f"--min-views {args.min_views} --stride {args.stride} --write` on {machine_info()}, "
+        f"{time.time() - t0:.0f} s. Geometry: the visual hull of all 49 object masks "
+        f"({args.resolution}^3 voxels); for each object pixel of the 25 protocol test views (one "
+        f"pixel in {args.stride}x{args.stride}), the first hull voxel on its ray is the surface point, and a "
+        "training view sees it when it projects into that image with no hull voxel in between. The hull is "
+        "larger than the object, so these shares are lower bounds of what is visible, equally for every "
+        "row. \"Hull hit\": object pixels whose ray meets the hull. Picture: test view 1 at 3 views "
+        "(green: seen by 2+ training views, yellow: by 1, red: by none).",
+        "",
+        *lines,
+        "",
+        f"![coverage of test view 1 at 3 views](images/{PICTURE.name})",
+    ])
+    print(text)
+    if args.write and tiles:
+        from splatkit.data.imageio_utils import write_image
+
+        write_image(PICTURE, np.concatenate(tiles, axis=1))
+        print(f"wrote {write_section(SECTION, text)}")
+
+
+def coverage_picture(image: np.ndarray, ys, xs, count, stride: int) -> np.ndarray:
+    """The photo, dimmed, with each tested object pixel's block coloured by its coverage."""
+    out = 0.35 * np.asarray(image, dtype=np.float32)
+    colours = np.array([[0.9, 0.1, 0.1], [0.95, 0.85, 0.1], [0.1, 0.8, 0.2]], dtype=np.float32)
+    c = colours[np.minimum(count, 2)]
+    for dy in range(stride):
+        for dx in range(stride):
+            yy, xx = np.minimum(ys + dy, out.shape[0] - 1), np.minimum(xs + dx, out.shape[1] - 1)
+            out[yy, xx] = 0.35 * out[yy, xx] + 0.65 * c
+    return np.clip(out, 0, 1)
+
+
+if __name__ == "__main__":
+    main()
