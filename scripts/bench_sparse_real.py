@@ -25,7 +25,7 @@ Each run takes a lock file (``--lock``, default ``/tmp/splatkit-heavy.lock``: th
 while it trains; finished runs are reused, so an interrupted measurement continues where it stopped.
 With ``--write`` every run's figures also go into ``docs/results/bench_sparse_real.json`` (committed):
 a run recorded there whose folder is not on this machine is reported from it, not retrained, so the
-tables survive the machine (delete its entry to measure it again).
+tables survive the machine (``--fresh`` measures it again).
 Pictures (ground truth | render | error) are in ``OUT/<variant>/images``.
 
     .venv/bin/python scripts/bench_sparse_real.py [--scenes scan65,scan37,fern] [--steps 3000]
@@ -199,6 +199,8 @@ def main() -> None:
     parser.add_argument("--pictures", default=None, metavar="VARIANTS",
                         help="also write docs/images/sparse_real_<views>v.jpg: per scene one test view, ground "
                              "truth beside these finished variants (comma separated, seed 0)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train the runs the ledger has but this machine does not (their entries are replaced)")
     parser.add_argument("--lock", type=Path, default=LOCK,
                         help="file locked while a run trains (give parallel measurements their own)")
     args = parser.parse_args()
@@ -230,7 +232,7 @@ def main() -> None:
         for seed in seeds:
             key = result_key(args.views, args.steps, scene, variant, seed)
             done = _run_done(spec.out / "runs" / case.name / BASE_PRESET / f"seed{seed}")
-            if key in ledger and not done:
+            if key in ledger and not done and not args.fresh:
                 record = ledger[key]  # measured on a machine whose run folder is gone
             elif args.report_only and not done:
                 continue  # never touch a run another process may be training

@@ -16,7 +16,12 @@ least two (what stereo initialisation and warp consistency need), mean over the 
 the worst view; a picture of test view 1 per scan at 3 views (seen by 2+ views green, by 1 yellow,
 by none red).
 
-    .venv/bin/python scripts/dtu_coverage.py [--scans 65,37] [--views 3,6,9] [--resolution 160] [--write]
+With ``--runs`` (finished DTU runs, a glob) it also splits each run's error: PSNR over the test
+views' object pixels its training views see (by at least one) and over those they do not, pooled
+over the pixels; what the method loses where it had photos, against what no method could know.
+
+    .venv/bin/python scripts/dtu_coverage.py [--scans 65,37] [--views 3,6,9] [--resolution 160]
+        [--runs 'outputs/bench/sparse_real/3v_3000/all/runs/scan*/sparse/seed*'] [--write]
 """
 
 from __future__ import annotations
@@ -134,6 +139,7 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=160, help="hull voxels a side")
     ap.add_argument("--min-views", type=int, default=3, help="views that must see a hull voxel")
     ap.add_argument("--stride", type=int, default=2, help="test pixels: every STRIDE-th row and column")
+    ap.add_argument("--runs", default=None, help="glob of finished DTU runs whose error is split by coverage")
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md and the picture")
     args = ap.parse_args()
     protocol = dtu_protocol()
@@ -142,6 +148,8 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     tiles = []
     t0 = time.time()
+    runs = find_runs(args.runs)
+    seen_maps: dict[tuple[str, int], dict[int, tuple]] = {}
     for scan in [s for s in args.scans.split(",") if s]:
         folder = SHARED / f"dtu_scan{scan}"
         if not folder.is_dir():
@@ -152,16 +160,22 @@ def main() -> None:
         hull = Hull(flat, lo, hi, args.resolution)
         print(f"scan {scan}: {len(flat)} hull voxels of {args.resolution}^3 ({time.time() - t0:.0f} s)", flush=True)
         tests = scene.index_of(protocol.test_views())
-        for k in counts:
+        for k in sorted(set(counts) | {len(r.config.train_views) for r in runs if scan_of(r) == scan}):
             train = scene.index_of(protocol.train_views(k))
             one, two, hit = [], [], []
+            seen_maps[scan, k] = {}
             for vid, view in zip(protocol.test_views(), tests):
                 ys, xs, count, found = seen_count(scene, hull, view, train, args.stride)
+                seen_maps[scan, k][vid] = (ys, xs, count)
+                if k not in counts:
+                    continue
                 one.append(float(np.mean(count >= 1)))
                 two.append(float(np.mean(count >= 2)))
                 hit.append(float(np.mean(found)))
                 if k == 3 and vid == PICTURE_VIEW:
                     tiles.append(coverage_picture(scene.images[view], ys, xs, count, args.stride))
+            if k not in counts:
+                continue
             worst = int(np.argmin(one))
             lines.append(f"| {scan} | {k} | {np.mean(one):.1%} | {np.mean(two):.1%} | "
                          f"{protocol.test_views()[worst]}: {one[worst]:.1%} | {np.mean(hit):.1%} |")
@@ -182,6 +196,7 @@ def main() -> None:
         *lines,
         "",
         f"![coverage of test view 1 at 3 views](images/{PICTURE.name})",
+        *split_runs(runs, seen_maps),
     ])
     print(text)
     if args.write and tiles:
@@ -189,6 +204,58 @@ def main() -> None:
 
         write_image(PICTURE, np.concatenate(tiles, axis=1))
         print(f"wrote {write_section(SECTION, text)}")
+
+
+def find_runs(pattern):
+    import glob
+
+    from splatkit.train.run import Run
+
+    if not pattern:
+        return []
+    runs = [Run.open(Path(p)) for p in sorted(glob.glob(pattern)) if (Path(p) / "metrics.json").is_file()]
+    if not runs:
+        raise SystemExit(f"--runs {pattern!r}: no finished run (metrics.json) matches")
+    return runs
+
+
+def scan_of(run) -> str:
+    name = Path(str(run.config.data)).name
+    if not name.startswith("dtu_scan"):
+        raise SystemExit(f"{run.path}: not a DTU run of ../shared/data ({name})")
+    return name[len("dtu_scan"):]
+
+
+def split_runs(runs, seen_maps) -> list[str]:
+    """Each run's test renders scored over the object pixels seen / not seen by its training views."""
+    from splatkit.eval.benchmark import render_test_views
+
+    if not runs:
+        return []
+    lines = ["", "Each run's error split by coverage (PSNR pooled over the test views' object pixels tested "
+             "above; `metrics.json`: the protocol's masked PSNR, a mean over views):", "",
+             "| run | training views | metrics.json | all object pixels | seen (>= 1 view) | not seen | share not seen |",
+             "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        scan, k = scan_of(run), len(run.config.train_views)
+        se = {"all": [], "seen": [], "unseen": []}
+        for vid, scene, pos, rgb in render_test_views(run.path):
+            if int(vid) not in seen_maps[scan, k]:
+                continue  # a run split otherwise than by the protocol: its protocol test views only
+            ys, xs, count = seen_maps[scan, k][int(vid)]
+            err = np.mean((np.asarray(rgb)[ys, xs] - np.asarray(scene.images[pos])[ys, xs]) ** 2, axis=1)
+            se["all"].append(err)
+            se["seen"].append(err[count >= 1])
+            se["unseen"].append(err[count == 0])
+        psnr = {key: -10 * np.log10(max(float(np.mean(np.concatenate(v))), 1e-10)) for key, v in se.items()}
+        share = sum(map(len, se["unseen"])) / sum(map(len, se["all"]))
+        import json
+
+        reported = json.loads((run.path / "metrics.json").read_text())["mean"]["masked_psnr"]
+        lines.append(f"| `{run.path.relative_to(ROOT) if run.path.is_relative_to(ROOT) else run.path}` | {k} | "
+                     f"{reported:.2f} | {psnr['all']:.2f} | {psnr['seen']:.2f} | {psnr['unseen']:.2f} | {share:.1%} |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 def coverage_picture(image: np.ndarray, ys, xs, count, stride: int) -> np.ndarray:
