@@ -7,7 +7,9 @@ model the ``sparse-repair`` run fine-tuned, scored against the photos, with pict
 (render | repaired | ground truth).
 
 Runs are ``splatkit benchmark`` runs (``run_one``: same configs, same scoring, finished runs
-reused, so an interrupted measurement continues where it stopped).
+reused, so an interrupted measurement continues where it stopped). With ``--write`` each seed's
+figures also go into ``docs/results/bench_repair.json`` (committed), and a seed recorded there whose
+run folders are not on this machine is reported from it, not retrained (``--fresh``: retrain).
 
     .venv/bin/python scripts/bench_repair.py [--scenes object0,scan65] [--views 3,4] [--seeds 0,1,2]
         [--steps 1000] [--write]
@@ -26,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchdoc import load_average, machine_info, mean_std, write_section  # noqa: E402
+from benchdoc import load_average, load_results, machine_info, mean_std, record_result, write_section  # noqa: E402
 
 SECTION = "bench_repair"
 SHARED = ROOT.parent / "shared" / "data"
@@ -79,7 +81,7 @@ def post_repair(repair_run: Path, base_run: Path, pictures: Path, limit: int = 4
 
 
 def main() -> None:
-    from splatkit.eval.benchmark import BenchmarkSpec, _run_done, run_one
+    from splatkit.eval.benchmark import _run_done
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", default="object0,object1,scan65,scan37")
@@ -90,7 +92,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "repair")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--report-only", action="store_true",
-                        help="train nothing: report the scenes, views and seeds whose two runs have finished")
+                        help="train nothing: report the scenes, views and seeds whose two runs have finished "
+                             "or that docs/results/bench_repair.json records")
+    parser.add_argument("--fresh", action="store_true",
+                        help="retrain seeds docs/results/bench_repair.json records but this machine lacks")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s]
     views_list = [int(v) for v in args.views.split(",") if v]
@@ -99,6 +104,7 @@ def main() -> None:
     # Each schedule length gets its own section (the presets' own length keeps the plain name).
     section = SECTION + (f"_{tag}" if tag else "") + (f"_{args.steps}steps" if args.steps != 1000 else "")
     load = load_average()
+    ledger = load_results(SECTION)
     rows: dict[tuple[str, int], dict] = {}
     for scene in [s for s in args.scenes.split(",") if s]:
         for views in views_list:
@@ -113,30 +119,50 @@ def main() -> None:
                 return args.out / f"{views}v" / (tag if preset == REPAIR and tag else "")
 
             for seed in seeds:
-                if args.report_only and not all(
-                        _run_done(out_for(p) / "runs" / case.name / p / f"seed{seed}") for p in (BASE, REPAIR)):
+                key = f"{section}/{scene}/{views}v/seed{seed}"
+                done = all(_run_done(out_for(p) / "runs" / case.name / p / f"seed{seed}") for p in (BASE, REPAIR))
+                if key in ledger and not done and not args.fresh:
+                    entry = ledger[key]  # measured on a machine whose run folders are gone
+                elif args.report_only and not done:
                     continue
-                recs = {}
+                else:
+                    entry = measure_seed(args, suite, case, seed, out_for, extra, metric, scene, views)
+                    if args.write:
+                        ledger = record_result(SECTION, key, entry)
                 for preset in (BASE, REPAIR):
-                    over = {"preview_every": 0}
-                    if preset == REPAIR and extra:
-                        over["plugins"] = {"diffusion_repair": extra}
-                    spec = BenchmarkSpec(suite=suite, out=out_for(preset), views=views, steps=args.steps, device="cpu",
-                                         overrides=over)
-                    recs[preset] = run_one(spec, case, preset, seed, print)
-                    row[preset].append(recs[preset]["mean"][metric])
-                rep_run, base_run = Path(recs[REPAIR]["run"]), Path(recs[BASE]["run"])
-                report_file = rep_run / "repair" / "report.json"
-                if report_file.is_file():
-                    rep = json.loads(report_file.read_text())
-                    row["times"].append((rep["pair_seconds"], rep["tune_seconds"],
-                                         float(np.mean(rep["repair_seconds_per_view"])),
-                                         recs[REPAIR]["train_time_s"], recs[BASE]["train_time_s"]))
-                row["post"].append(post_repair(rep_run, base_run, args.out / "pictures" / f"{scene}_{views}v_seed{seed}"))
+                    row[preset].append(entry[preset])
+                if entry.get("times"):
+                    row["times"].append(tuple(entry["times"]))
+                row["post"].append(entry["post"])
                 text = report(args, rows, load)
                 if args.write:  # one section per setting of the repair, so variants stand side by side
                     write_section(section, text)
     print(report(args, rows, load))
+
+
+def measure_seed(args, suite, case, seed, out_for, extra, metric, scene, views) -> dict:
+    """Both runs of one seed (trained unless finished), the repair stage times and the repair
+    model's effect on the ``sparse`` run's test renders: the seed's ledger entry."""
+    from splatkit.eval.benchmark import BenchmarkSpec, run_one
+
+    recs = {}
+    for preset in (BASE, REPAIR):
+        over = {"preview_every": 0}
+        if preset == REPAIR and extra:
+            over["plugins"] = {"diffusion_repair": extra}
+        spec = BenchmarkSpec(suite=suite, out=out_for(preset), views=views, steps=args.steps, device="cpu",
+                             overrides=over)
+        recs[preset] = run_one(spec, case, preset, seed, print)
+    rep_run, base_run = Path(recs[REPAIR]["run"]), Path(recs[BASE]["run"])
+    report_file = rep_run / "repair" / "report.json"
+    times = None
+    if report_file.is_file():
+        rep = json.loads(report_file.read_text())
+        times = [rep["pair_seconds"], rep["tune_seconds"], float(np.mean(rep["repair_seconds_per_view"])),
+                 recs[REPAIR]["train_time_s"], recs[BASE]["train_time_s"]]
+    post = post_repair(rep_run, base_run, args.out / "pictures" / f"{scene}_{views}v_seed{seed}")
+    return {"metric": metric, BASE: recs[BASE]["mean"][metric], REPAIR: recs[REPAIR]["mean"][metric],
+            "post": post, "times": times}
 
 
 def _shown(path: Path) -> str:
@@ -164,7 +190,7 @@ def report(args, rows, load) -> str:
             t = np.mean(np.array(r["times"], dtype=float), axis=0)
             tlines.append(f"| {scene} | {views} | {t[0]:.0f} | {t[1]:.0f} | {t[2]:.2f} | {t[3] / 60:.1f} | {t[4] / 60:.1f} |")
     title = f" ({', '.join(args.set)})" if args.set else ""
-    seeds_note = (" Each row has the seeds whose two runs had finished (`--report-only`)."
+    seeds_note = (" Each row has the seeds whose two runs had finished or that the ledger records (`--report-only`)."
                   if args.report_only else "")
     tuned = (", used as shipped: no per-scene fine-tune" if "tune_steps=0" in args.set
              else ", fine-tuned per scene on the scene's own pairs")
@@ -178,7 +204,8 @@ with splatkit{tuned}); both {args.steps} steps, same seeds;
 mean ± std over seeds; gain = per-seed difference. Synthetic objects: 200x150, the suite's degraded
 depth priors; DTU: 400x300, protocol views, masked PSNR over the protocol's test views. "Repair alone":
 the `sparse` run's test renders repaired by the run's repair model (strength 0.5) against the photos,
-one entry per seed; pictures render | repaired | ground truth in `{_shown(args.out)}/pictures/`.{seeds_note}
+one entry per seed; pictures render | repaired | ground truth in `{_shown(args.out)}/pictures/`; per-seed
+figures: `docs/results/{SECTION}.json`.{seeds_note}
 
 {chr(10).join(lines)}
 
