@@ -239,7 +239,8 @@ def main() -> None:
             else:
                 with heavy_lock(args.lock) if not done else contextlib.nullcontext():
                     record = run_one(spec, case, BASE_PRESET, seed, print)
-                if args.write or args.record:
+                # A reused run is recorded once; re-reading it must not churn the committed ledger.
+                if (args.write or args.record) and (not done or key not in ledger):
                     ledger = record_result(SECTION, key, {
                         "mean": {metric: record["mean"][metric]}, "train_time_s": record.get("train_time_s"),
                         "num_gaussians": record.get("num_gaussians")})

@@ -159,12 +159,13 @@ def main() -> None:
         flat, lo, hi = visual_hull_grid(scene, resolution=args.resolution, min_views=args.min_views)
         hull = Hull(flat, lo, hi, args.resolution)
         print(f"scan {scan}: {len(flat)} hull voxels of {args.resolution}^3 ({time.time() - t0:.0f} s)", flush=True)
-        tests = scene.index_of(protocol.test_views())
+        test_ids = protocol.test_views()
+        tests = scene.index_of(test_ids)
         for k in sorted(set(counts) | {len(r.config.train_views) for r in runs if scan_of(r) == scan}):
             train = scene.index_of(protocol.train_views(k))
             one, two, hit = [], [], []
             seen_maps[scan, k] = {}
-            for vid, view in zip(protocol.test_views(), tests):
+            for vid, view in zip(test_ids, tests):
                 ys, xs, count, found = seen_count(scene, hull, view, train, args.stride)
                 seen_maps[scan, k][vid] = (ys, xs, count)
                 if k not in counts:
@@ -178,7 +179,7 @@ def main() -> None:
                 continue
             worst = int(np.argmin(one))
             lines.append(f"| {scan} | {k} | {np.mean(one):.1%} | {np.mean(two):.1%} | "
-                         f"{protocol.test_views()[worst]}: {one[worst]:.1%} | {np.mean(hit):.1%} |")
+                         f"{test_ids[worst]}: {one[worst]:.1%} | {np.mean(hit):.1%} |")
             print(lines[-1], flush=True)
     text = "\n".join([
         "## DTU: how much of the test views the training views see",
@@ -228,6 +229,8 @@ def scan_of(run) -> str:
 
 def split_runs(runs, seen_maps) -> list[str]:
     """Each run's test renders scored over the object pixels seen / not seen by its training views."""
+    import json
+
     from splatkit.eval.benchmark import render_test_views
 
     if not runs:
@@ -249,8 +252,6 @@ def split_runs(runs, seen_maps) -> list[str]:
             se["unseen"].append(err[count == 0])
         psnr = {key: -10 * np.log10(max(float(np.mean(np.concatenate(v))), 1e-10)) for key, v in se.items()}
         share = sum(map(len, se["unseen"])) / sum(map(len, se["all"]))
-        import json
-
         reported = json.loads((run.path / "metrics.json").read_text())["mean"]["masked_psnr"]
         lines.append(f"| `{run.path.relative_to(ROOT) if run.path.is_relative_to(ROOT) else run.path}` | {k} | "
                      f"{reported:.2f} | {psnr['all']:.2f} | {psnr['seen']:.2f} | {psnr['unseen']:.2f} | {share:.1%} |")

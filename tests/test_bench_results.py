@@ -35,8 +35,13 @@ def _doc_rows(section: str) -> dict[str, list[str]]:
     match = re.search(f"<!-- {section}:start -->(.*?)<!-- {section}:end -->", doc, flags=re.S)
     if match is None:
         pytest.skip(f"no {section} section in docs/benchmarks.md")
+    return _variant_rows(match.group(1))
+
+
+def _variant_rows(text: str) -> dict[str, list[str]]:
+    """A table's rows keyed by their `variant` cell."""
     rows = {}
-    for line in match.group(1).splitlines():
+    for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if cells and cells[0].startswith("`"):
             rows[cells[0].strip("`")] = cells[1:]
@@ -59,11 +64,7 @@ def test_committed_ledger_rebuilds_the_documented_tables(views):
     assert results, f"nothing recorded for {views} views"
     args = types.SimpleNamespace(views=views, scenes=",".join(scenes), steps=3000, seeds="0,1,2", variants=None)
     text = bench_sparse_real.report(args, scenes, list(rows), results, None, 0)
-    rebuilt = {}
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells and cells[0].startswith("`"):
-            rebuilt[cells[0].strip("`")] = cells[1:]
+    rebuilt = _variant_rows(text)
     number = re.compile(r"[-+]?\d+\.\d+")
     for variant, cells in rows.items():
         for documented, ours in zip(cells[:-1], rebuilt[variant][:-1]):
