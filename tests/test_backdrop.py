@@ -232,3 +232,82 @@ def test_real_scan_dark_room_has_no_backdrop_but_masked_to_white_has():
     for masks in (None, scene.masks):
         est = estimate_backdrop(white, masks)
         assert est.color is not None and np.array_equal(est.color, np.ones(3, np.float32))
+
+
+# -- two-part backdrops (DTU: a dark void beyond a white table) -----------------------------------
+def _dark_band(images: list[np.ndarray], rows: int) -> list[np.ndarray]:
+    out = []
+    for img in images:
+        img = np.array(img, np.float32, copy=True)
+        img[:rows] = 0.0
+        out.append(img)
+    return out
+
+
+def test_backdrop_estimate_leaves_excluded_pixels_aside(dark_and_white):
+    _, white = dark_and_white
+    ws = white.to_scene()
+    banded = _dark_band(ws.images, rows=H // 3)
+    band = [np.arange(H)[:, None].repeat(W, 1) < H // 3 for _ in banded]
+    for masks in (None, ws.masks):
+        assert estimate_backdrop(banded, masks).color is None  # black band + white table: not uniform
+        est = estimate_backdrop(banded, masks, exclude=band)
+        assert est.color is not None and np.array_equal(est.color, np.ones(3, np.float32))
+
+
+@pytest.fixture(scope="module")
+def two_part_dir(tmp_path_factory) -> Path:
+    """The white synthetic scene with a black band across the top of every image (outside the
+    object): DTU's dark void above its white table."""
+    import imageio.v3 as iio
+
+    out = write_synthetic_scene(tmp_path_factory.mktemp("twopart") / "syn", seed=0, width=W, height=H,
+                                n_views=10, backdrop="white")
+    for path in sorted((out / "image").glob("*.png")):
+        img = iio.imread(path)
+        mask = iio.imread(out / "mask" / f"{int(path.stem):03d}.png")
+        band = (np.arange(H)[:, None] < H // 4) & ((mask[..., 0] if mask.ndim == 3 else mask) < 128)
+        img[band] = 0
+        iio.imwrite(path, img)
+    return out
+
+
+def _two_part_config(data: Path, out: Path, **plugin) -> TrainConfig:
+    from splatkit.train.config import resolve_config
+
+    return resolve_config({"data": str(data), "out": str(out), "steps": 2, "backend": "torch", "init_num_points": 50,
+                           "regularizers": ["dark_backdrop"], "log_every": 1,
+                           "plugins": {"dark_backdrop": {"run": 3, **plugin}}})
+
+
+def test_auto_background_on_a_two_part_backdrop_is_the_table_with_the_dark_part_out_of_the_loss(two_part_dir, tmp_path):
+    trainer = Trainer(_two_part_config(two_part_dir, tmp_path / "r"), quiet=True)
+    trainer.train()
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["background_color"] == [1.0, 1.0, 1.0]
+    assert saved["plugins"]["dark_backdrop"]["exclude_from_loss"] is True  # resume trains the same
+    assert saved["prune_backdrop"] is False  # pruning by the table alone would lean on the masks
+    assert "dark_backdrop's pixels are left aside" in trainer._background_note
+    logged = [json.loads(line) for line in (tmp_path / "r" / "train_log.jsonl").read_text().splitlines()]
+    assert logged and all("dark_backdrop" in rec for rec in logged)  # the plugin stays on
+    # Kept in the loss on purpose: the backdrop stays what it was (no uniform one: black).
+    Trainer(_two_part_config(two_part_dir, tmp_path / "k", exclude_from_loss=False), quiet=True).train()
+    kept = json.loads((tmp_path / "k" / "config.json").read_text())
+    assert kept["background_color"] == [0.0, 0.0, 0.0]
+
+
+SCAN37 = SCAN.parent / "dtu_scan37"
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (SCAN37 / "cameras_sphere.npz").is_file() or not (SCAN / "cameras_sphere.npz").is_file(),
+                    reason=f"real DTU scans not available under {SCAN.parent} (../shared/data beside the repo)")
+def test_real_scans_two_part_backdrop_white_table_on_37_none_on_65():
+    from splatkit.priors.sparse_views import dark_backdrop_mask
+
+    for scan, white in ((SCAN37, True), (SCAN, False)):
+        scene = load_scene(scan).subset([25, 22, 28])
+        dark = [dark_backdrop_mask(torch.as_tensor(np.asarray(im, np.float32)[None]))[0, ..., 0].numpy() > 0
+                for im in scene.images]
+        est = estimate_backdrop(scene.images, scene.masks, exclude=dark)
+        assert (est.color is not None and np.array_equal(est.color, np.ones(3, np.float32))) == white, scan.name

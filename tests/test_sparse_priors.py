@@ -209,6 +209,22 @@ def test_dark_backdrop_refuses_a_white_background(scene_dir, tmp_path):
         Trainer(cfg, quiet=True).train()
 
 
+def test_dark_backdrop_left_out_of_the_loss_trains_on_a_white_background(scene_dir, tmp_path):
+    """Out of the photometric loss, the backdrop never meets the background colour: a white one
+    (DTU's white table) is allowed, and the alpha penalty is logged."""
+    import json
+
+    from splatkit.train.config import resolve_config
+    from splatkit.train.trainer import Trainer
+
+    cfg = resolve_config({"data": str(scene_dir), "out": str(tmp_path / "r"), "steps": 2, "backend": "torch",
+                          "init_num_points": 50, "background": "white", "regularizers": ["dark_backdrop"],
+                          "plugins": {"dark_backdrop": {"exclude_from_loss": True}}, "log_every": 1})
+    Trainer(cfg, quiet=True).train()
+    logged = [json.loads(line) for line in (tmp_path / "r" / "train_log.jsonl").read_text().splitlines()]
+    assert logged and all("dark_backdrop" in rec for rec in logged)
+
+
 def test_dark_backdrop_stands_down_where_auto_finds_a_bright_backdrop(tmp_path):
     """A preset listing dark_backdrop still trains on a white capture: background auto resolves to
     white, the plugin warns and adds nothing."""

@@ -56,23 +56,26 @@ def color_name(color: np.ndarray) -> str:
     return "(" + ", ".join(f"{c:.3f}" for c in color) + ")"
 
 
-def _border(image: np.ndarray, fraction: float) -> np.ndarray:
-    H, W = image.shape[:2]
+def _border_mask(shape: tuple[int, int], fraction: float) -> np.ndarray:
+    H, W = shape
     by, bx = max(1, round(H * fraction)), max(1, round(W * fraction))
     keep = np.zeros((H, W), bool)
     keep[:by], keep[-by:], keep[:, :bx], keep[:, -bx:] = True, True, True, True
-    return image[keep]
+    return keep
 
 
 def estimate_backdrop(images: Sequence[np.ndarray], masks: Optional[Sequence[np.ndarray]] = None, *,
+                      exclude: Optional[Sequence[np.ndarray]] = None,
                       border_fraction: float = BORDER_FRACTION, tolerance: float = COLOR_TOLERANCE,
                       min_coverage: float = MIN_COVERAGE) -> BackdropEstimate:
     """The uniform backdrop of ``images`` ([H, W, 3] in [0, 1]), if there is one.
 
     With ``masks`` ([H, W], 1 = object) the candidates are the pixels outside the (dilated by one
     pixel, to skip the anti-aliased rim) masks, else a frame of ``border_fraction`` along each
-    border. The colour is the median of the candidates when at least ``min_coverage`` of them lie
-    within ``tolerance`` (max over channels) of it; snapped to black/white within SNAP_TOLERANCE.
+    border. ``exclude`` ([H, W], true = skip) leaves further pixels out of the candidates: a part
+    of the backdrop something else treats, such as DTU's dark void beyond its white table. The
+    colour is the median of the candidates when at least ``min_coverage`` of them lie within
+    ``tolerance`` (max over channels) of it; snapped to black/white within SNAP_TOLERANCE.
     """
     if not len(images):
         raise ValueError("estimate_backdrop needs at least one image")
@@ -86,9 +89,12 @@ def estimate_backdrop(images: Sequence[np.ndarray], masks: Optional[Sequence[np.
             grown[:-1] |= m[1:]
             grown[:, 1:] |= m[:, :-1]
             grown[:, :-1] |= m[:, 1:]
-            chunks.append(rgb[~grown])
+            keep = ~grown
         else:
-            chunks.append(_border(rgb, border_fraction))
+            keep = _border_mask(rgb.shape[:2], border_fraction)
+        if exclude is not None:
+            keep = keep & ~np.asarray(exclude[i], bool)
+        chunks.append(rgb[keep])
     pixels = np.concatenate(chunks) if chunks else np.zeros((0, 3), np.float32)
     source = "masks" if masks is not None else "border"
     if len(pixels) == 0:

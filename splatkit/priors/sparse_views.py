@@ -226,15 +226,18 @@ class DarkBackdrop(Plugin):
     def setup(self, state: TrainState) -> None:
         from splatkit.methods.scoring import background_for
 
-        # Alpha pushed to 0 shows the background: only a black one looks like a dark backdrop.
-        if state.config.background == "auto" and background_for(state.config).any():
-            # The preset that lists this plugin was run on a bright capture: nothing to treat.
-            warnings.warn("dark_backdrop: background auto found a bright backdrop, so there is no dark one to "
-                          "treat; the plugin is off for this run", stacklevel=2)
-            self.active = False
-        elif state.config.background == "random" or background_for(state.config).any():
-            raise SplatkitError("dark_backdrop needs a black background (background black, or auto on a dark "
-                                "capture such as DTU)")
+        # Alpha pushed to 0 shows the background: in the photometric loss, only a black one looks
+        # like a dark backdrop; out of it (exclude_from_loss), the colour never meets those pixels.
+        bright = state.config.background == "random" or background_for(state.config).any()
+        if bright and not self.settings.exclude_from_loss:
+            if state.config.background == "auto":
+                # The preset that lists this plugin was run on a bright capture: nothing to treat.
+                warnings.warn("dark_backdrop: background auto found a bright backdrop, so there is no dark one "
+                              "to treat; the plugin is off for this run", stacklevel=2)
+                self.active = False
+            else:
+                raise SplatkitError("dark_backdrop needs a black background (background black, or auto on a "
+                                    "dark capture such as DTU), or exclude_from_loss=true")
 
     @dataclass
     class Config:
