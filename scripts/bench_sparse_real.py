@@ -16,7 +16,8 @@ Techniques: ``mvs`` (``init="mvs"``, plane-sweep stereo), ``triangulated`` (``in
 (Binocular3DGS warp consistency), ``dropout`` (DropGaussian), ``dark_backdrop`` (DTU only),
 ``dark_exclude`` (DTU only: ``dark_backdrop`` with the backdrop also left out of the photometric
 loss, as CoR-GS does on DTU), ``bright`` (DTU only: ``dark_backdrop`` with white runs too),
-``random_bg`` (a random background colour per step), ``white_bg`` (a white background),
+``random_bg`` (a random background colour per step), ``white_bg`` (a white background), ``black_bg``
+(a black one: what ``all`` trained on before ``background auto`` learned two-part backdrops),
 ``mvs_all`` (every stereo point), ``mvs_depth`` (the stereo depth as a Pearson depth prior), ``co_reg``
 (CoR-GS: a second field, co-pruning, pseudo-view co-regularisation, about twice a plain run's time;
 its authors' DTU settings, LLFF's on fern).
@@ -73,6 +74,9 @@ def techniques(steps: int, dtu: bool) -> dict[str, dict]:
            "random_bg": {"background": "random"},
            # A white background (DTU scans on a white table): the saturated table costs no Gaussians.
            "white_bg": {"background": "white"},
+           # A black background whatever the capture: the preset before background auto learned
+           # two-part backdrops (dark void + white table, DTU scan 37).
+           "black_bg": {"background": "black"},
            "co_reg": {"regularizers": ["co_reg"]} if dtu else {
                "regularizers": ["co_reg"],
                "plugins": {"co_reg": {"start": PSEUDO_START_LLFF, "prune_threshold": PRUNE_THRESHOLD_LLFF}}}}

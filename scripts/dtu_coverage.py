@@ -19,6 +19,9 @@ by none red).
 With ``--runs`` (finished DTU runs, a glob) it also splits each run's error: PSNR over the test
 views' object pixels its training views see (by at least one) and over those they do not, pooled
 over the pixels; what the method loses where it had photos, against what no method could know.
+And what else the error is made of: PSNR after a per-view gain and offset fit (colour, lighting),
+with render and photo both blurred (error above texture scale), and the share of object pixels
+rendered partly transparent.
 
     .venv/bin/python scripts/dtu_coverage.py [--scans 65,37] [--views 3,6,9] [--resolution 160]
         [--runs 'outputs/bench/sparse_real/3v_3000/all/runs/scan*/sparse/seed*'] [--write]
@@ -185,7 +188,8 @@ def main() -> None:
         "## DTU: how much of the test views the training views see",
         "",
         f"`python scripts/dtu_coverage.py --scans {args.scans} --views {args.views} --resolution {args.resolution} "
-        f"--min-views {args.min_views} --stride {args.stride} --write` on {machine_info()}, "
+        f"--min-views {args.min_views} --stride {args.stride}" + (f" --runs '{args.runs}'" if args.runs else "")
+        + f" --write` on {machine_info()}, "
         f"{time.time() - t0:.0f} s. Geometry: the visual hull of all 49 object masks "
         f"({args.resolution}^3 voxels); for each object pixel of the 25 protocol test views (one "
         f"pixel in {args.stride}x{args.stride}), the first hull voxel on its ray is the surface point, and a "
@@ -228,35 +232,77 @@ def scan_of(run) -> str:
 
 
 def split_runs(runs, seen_maps) -> list[str]:
-    """Each run's test renders scored over the object pixels seen / not seen by its training views."""
+    """Each run's test renders scored over the object pixels seen / not seen by its training views,
+    and what else its error is made of: colour off by a per-view gain and offset, error above a
+    blur's scale (texture), object pixels left partly transparent."""
     import json
 
-    from splatkit.eval.benchmark import render_test_views
+    from splatkit.methods.scoring import render_views, settings_for
 
     if not runs:
         return []
     lines = ["", "Each run's error split by coverage (PSNR pooled over the test views' object pixels tested "
-             "above; `metrics.json`: the protocol's masked PSNR, a mean over views):", "",
-             "| run | training views | metrics.json | all object pixels | seen (>= 1 view) | not seen | share not seen |",
-             "|---|---|---|---|---|---|---|"]
+             "above; `metrics.json`: the protocol's masked PSNR, a mean over views), and what else it is made "
+             "of (means over the test views, all object pixels): the render with a per-channel gain and offset "
+             "fitted to the photo per view (colour / lighting), render and photo both blurred by a Gaussian of "
+             f"{BLUR_SIGMA:g} px (error above texture scale), and the share of object pixels rendered with alpha "
+             f"below {ALPHA_SOLID}:", "",
+             "| run | training views | metrics.json | all object pixels | seen (>= 1 view) | not seen | share not seen "
+             "| gain + offset | both blurred | alpha < 0.95 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         scan, k = scan_of(run), len(run.config.train_views)
+        model, _ = run.load_model()
+        scene, ids, positions = run.views("test")
         se = {"all": [], "seen": [], "unseen": []}
-        for vid, scene, pos, rgb in render_test_views(run.path):
-            if int(vid) not in seen_maps[scan, k]:
+        per_view = {"fitted": [], "blurred": [], "clear": []}
+        for i, rgb, _, alpha in render_views(model, scene.cameras[positions], settings_for(run.config)):
+            vid, pos = int(ids[i]), positions[i]
+            if vid not in seen_maps[scan, k]:
                 continue  # a run split otherwise than by the protocol: its protocol test views only
-            ys, xs, count = seen_maps[scan, k][int(vid)]
-            err = np.mean((np.asarray(rgb)[ys, xs] - np.asarray(scene.images[pos])[ys, xs]) ** 2, axis=1)
+            rgb, gt = np.clip(np.asarray(rgb), 0, 1), np.asarray(scene.images[pos])
+            mask = np.asarray(scene.masks[pos]) == 1.0
+            ys, xs, count = seen_maps[scan, k][vid]
+            err = np.mean((rgb[ys, xs] - gt[ys, xs]) ** 2, axis=1)
             se["all"].append(err)
             se["seen"].append(err[count >= 1])
             se["unseen"].append(err[count == 0])
+            per_view["fitted"].append(_psnr(_gain_offset_fit(rgb, gt, mask), gt, mask))
+            per_view["blurred"].append(_psnr(_blur(rgb), _blur(gt), mask))
+            per_view["clear"].append(float(np.mean(np.asarray(alpha).reshape(mask.shape)[mask] < ALPHA_SOLID)))
         psnr = {key: -10 * np.log10(max(float(np.mean(np.concatenate(v))), 1e-10)) for key, v in se.items()}
         share = sum(map(len, se["unseen"])) / sum(map(len, se["all"]))
         reported = json.loads((run.path / "metrics.json").read_text())["mean"]["masked_psnr"]
         lines.append(f"| `{run.path.relative_to(ROOT) if run.path.is_relative_to(ROOT) else run.path}` | {k} | "
-                     f"{reported:.2f} | {psnr['all']:.2f} | {psnr['seen']:.2f} | {psnr['unseen']:.2f} | {share:.1%} |")
+                     f"{reported:.2f} | {psnr['all']:.2f} | {psnr['seen']:.2f} | {psnr['unseen']:.2f} | {share:.1%} | "
+                     f"{np.mean(per_view['fitted']):.2f} | {np.mean(per_view['blurred']):.2f} | "
+                     f"{np.mean(per_view['clear']):.0%} |")
         print(lines[-1], flush=True)
     return lines
+
+
+BLUR_SIGMA = 2.0  # px: above the granite / bone texture, below the block's faces
+ALPHA_SOLID = 0.95
+
+
+def _psnr(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
+    return float(-10 * np.log10(max(float(np.mean((pred[mask] - gt[mask]) ** 2)), 1e-10)))
+
+
+def _gain_offset_fit(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``pred`` with the per-channel gain and offset that best fit ``gt`` on the mask (least squares)."""
+    out = pred.copy()
+    for c in range(3):
+        a = np.stack([pred[..., c][mask], np.ones(int(mask.sum()))], axis=1)
+        (gain, offset), *_ = np.linalg.lstsq(a, gt[..., c][mask], rcond=None)
+        out[..., c] = pred[..., c] * gain + offset
+    return np.clip(out, 0, 1)
+
+
+def _blur(img: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(img, (BLUR_SIGMA, BLUR_SIGMA, 0))
 
 
 def coverage_picture(image: np.ndarray, ys, xs, count, stride: int) -> np.ndarray:

@@ -95,3 +95,20 @@ def test_coverage_hull_queries_match_a_box():
     behind = np.array([[0.5, 0.5, 0.9]])
     assert hull.blocked(behind, np.array([0.5, 0.5, -2.0]))[0]
     assert not hull.blocked(behind, np.array([3.0, 0.5, 0.9]))[0]
+
+
+def test_error_anatomy_gain_offset_fit_undoes_a_colour_change_and_blur_keeps_flat_regions():
+    """dtu_coverage's split of a run's error: an image off by a per-channel gain and offset is fitted
+    back exactly on the mask; a flat image stays flat under the blur."""
+    import numpy as np
+    from dtu_coverage import _blur, _gain_offset_fit, _psnr
+
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0.2, 0.8, (24, 32, 3))
+    mask = np.zeros((24, 32), bool)
+    mask[4:20, 6:26] = True
+    pred = gt * np.array([0.8, 1.1, 0.9]) + np.array([0.05, -0.03, 0.02])
+    assert _psnr(pred, gt, mask) < 30
+    assert _psnr(_gain_offset_fit(pred, gt, mask), gt, mask) > 80
+    flat = np.full((24, 32, 3), 0.3)
+    assert np.allclose(_blur(flat), flat)
