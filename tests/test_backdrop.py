@@ -303,11 +303,9 @@ SCAN37 = SCAN.parent / "dtu_scan37"
 @pytest.mark.skipif(not (SCAN37 / "cameras_sphere.npz").is_file() or not (SCAN / "cameras_sphere.npz").is_file(),
                     reason=f"real DTU scans not available under {SCAN.parent} (../shared/data beside the repo)")
 def test_real_scans_two_part_backdrop_white_table_on_37_none_on_65():
-    from splatkit.priors.sparse_views import dark_backdrop_mask
+    from splatkit.priors.sparse_views import DarkBackdrop
 
     for scan, white in ((SCAN37, True), (SCAN, False)):
         scene = load_scene(scan).subset([25, 22, 28])
-        dark = [dark_backdrop_mask(torch.as_tensor(np.asarray(im, np.float32)[None]))[0, ..., 0].numpy() > 0
-                for im in scene.images]
-        est = estimate_backdrop(scene.images, scene.masks, exclude=dark)
+        est = estimate_backdrop(scene.images, scene.masks, exclude=DarkBackdrop.backdrop_pixels(scene.images, {}))
         assert (est.color is not None and np.array_equal(est.color, np.ones(3, np.float32))) == white, scan.name

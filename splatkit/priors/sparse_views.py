@@ -32,6 +32,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import torch
 
 from splatkit.errors import SplatkitError
@@ -251,6 +252,14 @@ class DarkBackdrop(Plugin):
         bright: bool = False
         """Also take runs of near-white pixels for backdrop (white tables; always out of the loss)."""
         bright_run: int = in_range(BRIGHT_RUN, 1)
+
+    @classmethod
+    def backdrop_pixels(cls, images, settings: dict) -> list[np.ndarray]:
+        """Which pixels of each image ``[H, W, 3]`` the plugin with ``settings`` takes for dark
+        backdrop (boolean ``[H, W]``): what ``background auto`` sets aside on a two-part backdrop."""
+        cfg = cls.Config(**settings)
+        return [dark_backdrop_mask(torch.as_tensor(np.asarray(im, np.float32)[None, ..., :3]), cfg.threshold,
+                                   cfg.run)[0, ..., 0].numpy() > 0 for im in images]
 
     def backdrop(self, step: int, batch: Batch) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The step's dark and (with ``bright``) bright backdrop masks ``[B, H, W, 1]`` (1 =

@@ -313,15 +313,16 @@ class Trainer:
 
         ts = self.train_scene
         estimate = estimate_backdrop(ts.images, ts.masks)
-        two_part = estimate.color is None and self._dark_backdrop_can_step_aside()
-        if two_part:
-            rest = estimate_backdrop(ts.images, ts.masks, exclude=self._dark_backdrop_pixels())
+        two_part = False
+        if estimate.color is None and self._dark_backdrop_can_step_aside():
+            dark = cfg.plugins.get("dark_backdrop", {})
+            rest = estimate_backdrop(ts.images, ts.masks,
+                                     exclude=plugin_class("dark_backdrop").backdrop_pixels(ts.images, dark))
             two_part = rest.color is not None and bool(rest.color.any())
-            if two_part:
-                estimate = rest
-                # A white background behind alpha-0 dark pixels cannot be in the photometric loss.
-                cfg.plugins = {**cfg.plugins, "dark_backdrop": {**cfg.plugins.get("dark_backdrop", {}),
-                                                                "exclude_from_loss": True}}
+        if two_part:
+            estimate = rest
+            # A white background behind alpha-0 dark pixels cannot be in the photometric loss.
+            cfg.plugins = {**cfg.plugins, "dark_backdrop": {**dark, "exclude_from_loss": True}}
         color = estimate.color if estimate.color is not None else np.zeros(3, np.float32)
         cfg.background_color = [float(c) for c in color]
         self._background_note = f"background {color_name(color)}: {estimate.describe()}"
@@ -343,14 +344,6 @@ class Trainer:
         cfg = self.config
         return "dark_backdrop" in cfg.regularizers and \
             cfg.plugins.get("dark_backdrop", {}).get("exclude_from_loss", True) is not False
-
-    def _dark_backdrop_pixels(self) -> list[np.ndarray]:
-        from splatkit.methods.plugins import plugin_class
-        from splatkit.priors.sparse_views import dark_backdrop_mask
-
-        settings = plugin_class("dark_backdrop").Config(**self.config.plugins.get("dark_backdrop", {}))
-        return [dark_backdrop_mask(torch.as_tensor(np.asarray(im, np.float32)[None, ..., :3]), settings.threshold,
-                                   settings.run)[0, ..., 0].numpy() > 0 for im in self.train_scene.images]
 
     def _setup(self) -> None:
         cfg = self.config
