@@ -16,9 +16,13 @@ Techniques: ``mvs`` (``init="mvs"``, plane-sweep stereo), ``triangulated`` (``in
 (Binocular3DGS warp consistency), ``dropout`` (DropGaussian), ``dark_backdrop`` (DTU only),
 ``dark_exclude`` (DTU only: ``dark_backdrop`` with the backdrop also left out of the photometric
 loss, as CoR-GS does on DTU), ``bright`` (DTU only: ``dark_backdrop`` with white runs too),
+``table`` (DTU only: ``dark_backdrop`` with the table of a two-part backdrop too), ``solid`` (DTU only:
+``dark_backdrop`` penalising 1 - alpha off the backdrop; ``background auto`` switches both on for a
+two-part backdrop), ``no_table`` (DTU only: neither of them, the preset before it did), ``no_solid``
+(DTU only: the table's term without the opacity one), ``solid3`` (DTU only: the opacity term x 3),
 ``random_bg`` (a random background colour per step), ``white_bg`` (a white background), ``black_bg``
 (a black one: what ``all`` trained on before ``background auto`` learned two-part backdrops),
-``mvs_all`` (every stereo point), ``mvs_depth`` (the stereo depth as a Pearson depth prior), ``co_reg``
+``aniso`` (PhysGaussian's anisotropy cap), ``mvs_all`` (every stereo point), ``mvs_depth`` (the stereo depth as a Pearson depth prior), ``co_reg``
 (CoR-GS: a second field, co-pruning, pseudo-view co-regularisation, about twice a plain run's time;
 its authors' DTU settings, LLFF's on fern).
 
@@ -70,6 +74,8 @@ def techniques(steps: int, dtu: bool) -> dict[str, dict]:
            # The stereo depth as a depth prior (FSGS' Pearson loss on the pixels two views agree on).
            "mvs_depth": {"depth_prior": "mvs", "regularizers": ["depth_pearson"]},
            "dropout": {"regularizers": ["dropout"]},
+           # PhysGaussian's cap on each Gaussian's axis ratio (no needles along the training rays).
+           "aniso": {"regularizers": ["anisotropy"]},
            # A new random background colour per step: the splats must cover the photo opaquely.
            "random_bg": {"background": "random"},
            # A white background (DTU scans on a white table): the saturated table costs no Gaussians.
@@ -86,6 +92,15 @@ def techniques(steps: int, dtu: bool) -> dict[str, dict]:
                                "plugins": {"dark_backdrop": {"exclude_from_loss": True}}}
         # White tables too (out of the loss, alpha penalised): FreeNeRF's black/white prior.
         out["bright"] = {"regularizers": ["dark_backdrop"], "plugins": {"dark_backdrop": {"bright": True}}}
+        # The table of a two-part backdrop (the background's colour) gets dark_backdrop's alpha
+        # penalty too; ``solid``: the pixels that are no backdrop get one on 1 - alpha.
+        out["table"] = {"regularizers": ["dark_backdrop"], "plugins": {"dark_backdrop": {"table": True}}}
+        out["solid"] = {"regularizers": ["dark_backdrop"], "plugins": {"dark_backdrop": {"solid_weight": 1.0}}}
+        # background auto switches both on for a two-part backdrop; ``no_table``: neither (the
+        # preset before 2026-12-03 evening), ``no_solid``: the table only.
+        out["no_table"] = {"plugins": {"dark_backdrop": {"table": False, "solid_weight": 0.0}}}
+        out["no_solid"] = {"plugins": {"dark_backdrop": {"solid_weight": 0.0}}}
+        out["solid3"] = {"plugins": {"dark_backdrop": {"solid_weight": 3.0}}}  # the opacity term x 3
     return out
 
 
@@ -132,7 +147,7 @@ def variant_config(name: str, steps: int, dtu: bool) -> dict:
     return values
 
 
-DTU_ONLY = ("dark_backdrop", "dark_exclude", "bright")
+DTU_ONLY = ("dark_backdrop", "dark_exclude", "bright", "table", "solid", "no_table", "no_solid", "solid3")
 
 
 def applies(name: str, dtu: bool) -> bool:

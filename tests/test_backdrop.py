@@ -286,10 +286,17 @@ def test_auto_background_on_a_two_part_backdrop_is_the_table_with_the_dark_part_
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved["background_color"] == [1.0, 1.0, 1.0]
     assert saved["plugins"]["dark_backdrop"]["exclude_from_loss"] is True  # resume trains the same
+    # The table joins the alpha penalty and the rest is pushed opaque.
+    assert saved["plugins"]["dark_backdrop"]["table"] is True
+    assert saved["plugins"]["dark_backdrop"]["solid_weight"] > 0
     assert saved["prune_backdrop"] is False  # pruning by the table alone would lean on the masks
     assert "dark_backdrop's pixels are left aside" in trainer._background_note
     logged = [json.loads(line) for line in (tmp_path / "r" / "train_log.jsonl").read_text().splitlines()]
-    assert logged and all("dark_backdrop" in rec for rec in logged)  # the plugin stays on
+    assert logged and all("dark_backdrop/alpha" in rec and "dark_backdrop/solid" in rec for rec in logged)
+    # Settings given by hand win over the two-part defaults.
+    Trainer(_two_part_config(two_part_dir, tmp_path / "t", table=False, solid_weight=0.0), quiet=True).train()
+    given = json.loads((tmp_path / "t" / "config.json").read_text())["plugins"]["dark_backdrop"]
+    assert given["table"] is False and given["solid_weight"] == 0.0 and given["exclude_from_loss"] is True
     # Kept in the loss on purpose: the backdrop stays what it was (no uniform one: black).
     Trainer(_two_part_config(two_part_dir, tmp_path / "k", exclude_from_loss=False), quiet=True).train()
     kept = json.loads((tmp_path / "k" / "config.json").read_text())
@@ -309,3 +316,19 @@ def test_real_scans_two_part_backdrop_white_table_on_37_none_on_65():
         scene = load_scene(scan).subset([25, 22, 28])
         est = estimate_backdrop(scene.images, scene.masks, exclude=DarkBackdrop.backdrop_pixels(scene.images, {}))
         assert (est.color is not None and np.array_equal(est.color, np.ones(3, np.float32))) == white, scan.name
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not (SCAN37 / "cameras_sphere.npz").is_file(),
+                    reason=f"real DTU scan 37 not available under {SCAN.parent} (../shared/data beside the repo)")
+def test_real_scan37_table_mask_stays_off_the_object():
+    """The table found from colours alone (no masks) against DTU's object masks of the three
+    training views: a quarter or more of each view, and almost none of it on the object."""
+    from splatkit.priors.sparse_views import table_backdrop_mask
+
+    scene = load_scene(SCAN37).subset([25, 22, 28])
+    for image, mask in zip(scene.images, scene.masks):
+        table = table_backdrop_mask(image, [1.0, 1.0, 1.0])
+        obj = np.asarray(mask) > 0.5
+        assert table.mean() > 0.25
+        assert (table & obj).sum() < 0.01 * obj.sum()

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from splatkit.priors.sparse_views import (DARK_THRESHOLD, DarkBackdrop, OpacityDecay, dark_backdrop_mask,
-                                          edge_aware_smoothness, shifted_viewmats, warp_consistency_loss,
-                                          warp_from_shifted)
+                                          edge_aware_smoothness, shifted_viewmats, table_backdrop_mask,
+                                          warp_consistency_loss, warp_from_shifted)
 
 
 def test_dark_backdrop_mask_needs_the_pixels_above_dark_too():
@@ -61,6 +61,78 @@ def test_bright_backdrop_runs_join_the_mask_and_leave_the_loss():
     off = DarkBackdrop(SimpleNamespace(), DarkBackdrop.Config(run=1))
     assert off.photometric_weights(0, batch) is None
     assert float(off.loss(0, batch, SimpleNamespace(alphas=alphas))) == pytest.approx(0.5 / 8)
+
+
+def _table_scene():
+    """A 40 x 40 grey object on a white table: the table fills the left 12 columns (touching the
+    border), a 3 x 3 white speck and a 2-pixel-wide white highlight line from the border lie on the
+    object."""
+    import numpy as np
+
+    img = np.full((40, 40, 3), 0.4, np.float32)
+    img[:, :12] = 0.98
+    img[20:23, 25:28] = 1.0  # a speck inside the object: does not reach the border
+    img[30:32, 12:] = 0.99  # a highlight thinner than the opening, touching the table and the border
+    return img
+
+
+def test_table_mask_takes_the_border_region_of_the_table_colour_only():
+    import numpy as np
+
+    img = _table_scene()
+    mask = table_backdrop_mask(img, [1.0, 1.0, 1.0], opening=5, min_area=0.01)
+    expected = np.zeros((40, 40), bool)
+    expected[:, :12] = True
+    assert (mask == expected).all()
+    # Without the opening the highlight joins the table; with a large min_area nothing is left.
+    assert table_backdrop_mask(img, [1.0, 1.0, 1.0], opening=1)[30, 20]
+    assert not table_backdrop_mask(img, [1.0, 1.0, 1.0], min_area=0.5).any()
+    # Another colour: the grey of the object is a border region too.
+    assert table_backdrop_mask(img, [0.4, 0.4, 0.4])[5, 30]
+
+
+def test_table_and_solid_terms_by_hand():
+    """The table joins the alpha penalty (and stays in the photometric loss); ``solid_weight``
+    penalises 1 - alpha on every other pixel."""
+    img = torch.as_tensor(_table_scene())[None]
+    alphas = torch.full((1, 40, 40, 1), 0.25)
+    plugin = DarkBackdrop(SimpleNamespace(), DarkBackdrop.Config(table=True, solid_weight=3.0))
+    plugin._table_color = [1.0, 1.0, 1.0]  # what setup takes from the run's (table-coloured) background
+    batch = SimpleNamespace(images=img, pixels=None, positions=[0], height=40, width=40)
+    terms = plugin.loss(0, batch, SimpleNamespace(alphas=alphas))
+    table = 12 / 40  # share of the pixels; no dark backdrop in the picture
+    assert float(terms["alpha"]) == pytest.approx(0.25 * table)
+    assert float(terms["solid"]) == pytest.approx(3.0 * 0.75 * (1 - table))
+    assert plugin.photometric_weights(0, batch) is None
+    assert list(plugin._tables) == [(0, 40, 40)]  # computed once per view
+
+
+def test_table_needs_a_fixed_background(scene_dir, tmp_path):
+    from splatkit.errors import SplatkitError
+    from splatkit.train.config import resolve_config
+    from splatkit.train.trainer import Trainer
+
+    cfg = resolve_config({"data": str(scene_dir), "out": str(tmp_path / "r"), "steps": 1, "backend": "torch",
+                          "init_num_points": 50, "background": "random", "regularizers": ["dark_backdrop"],
+                          "plugins": {"dark_backdrop": {"exclude_from_loss": True, "table": True}}})
+    with pytest.raises(SplatkitError, match="fixed background"):
+        Trainer(cfg, quiet=True).train()
+
+
+def test_anisotropy_penalises_the_ratio_beyond_the_cap_by_hand():
+    from splatkit.priors.sparse_views import Anisotropy
+
+    # Axis ratios 2 and 8 (under the cap) and 40: only the needle pays, 40 - 10.
+    scales = torch.log(torch.tensor([[1.0, 2.0, 1.5], [0.1, 4.0, 1.0], [0.5, 4.0, 4.0]])).requires_grad_()
+    plugin = Anisotropy(SimpleNamespace(), Anisotropy.Config(weight=0.5, max_ratio=10.0))
+    plugin.setup(SimpleNamespace(method=SimpleNamespace(model=SimpleNamespace(splats={"scales": scales}))))
+    term = plugin.loss(0, None, None)
+    assert float(term) == pytest.approx(0.5 * 30.0 / 3, rel=1e-5)
+    term.backward()
+    # d/d log s of exp(log s_max - log s_min) is +ratio on the largest axis, -ratio on the smallest.
+    assert scales.grad[1].tolist() == pytest.approx([-0.5 * 40 / 3, 0.5 * 40 / 3, 0.0], rel=1e-5)
+    assert scales.grad[0].abs().sum() == 0 and scales.grad[2].abs().sum() == 0
+    assert plugin.log_values(0)["median_ratio"] == pytest.approx(8.0, rel=1e-5)
 
 
 def test_opacity_decay_multiplies_opacities_from_the_densification_start():

@@ -8,6 +8,9 @@
   is shifted sideways to a virtual "binocular" partner, the partner's render is warped back into
   the training view through the training view's rendered depth, and the warp must reproduce the
   training image (an L1 term plus 0.05 x an edge-aware disparity smoothness).
+* ``anisotropy`` — PhysGaussian's (Xie et al., CVPR 2024) cap on each Gaussian's largest-to-
+  smallest axis ratio (a penalty on the excess over ``max_ratio``): needles along the training
+  rays, which sparse views leave free, show as streaks from every other view.
 * ``dark_backdrop`` — DTU's dark room, as DNGaussian (Li et al., CVPR 2024, ``train_dtu.py``) and
   Binocular3DGS treat it: a pixel is backdrop when its brightest channel is below 30/255 and so
   are the 49 pixels above it; rendered alpha there is penalised (Binocular3DGS: ``mean(|alpha| *
@@ -19,7 +22,14 @@
   black/white prior treats both): runs of pixels whose darkest channel is above 1 - 30/255, over
   ``bright_run`` (100, ours) pixels rather than 50, so that highlights on white objects (scan 65's
   skull: 0.5% of its pixels at 50) are not taken for it; they are always left out of the
-  photometric loss (a black background cannot show them).
+  photometric loss (a black background cannot show them). With ``table`` (ours) the table of a
+  two-part backdrop (scan 37: the void above a white table; ``background auto`` then trains on
+  the table's colour) joins the alpha penalty: pixels of the background's colour within 30/255,
+  opened by a 5 x 5 square, in regions that reach the image border and cover >= 1% of it (the
+  object's texture and highlights fail one test or the other). Training on the table's colour
+  makes a splat of that colour free along a training ray that sees the table, so without this
+  they pile up in front of it and cover the object in the views between the training cameras.
+  ``solid_weight`` (ours) penalises ``1 - alpha`` on the pixels that are no backdrop.
 
 Constants are those of the authors' code (``hanl2010/Binocular3DGS`` ``train.py``,
 ``utils/loss_utils.py``, ``scene/__init__.py``; ``Fictionarry/DNGaussian`` ``train_dtu.py``).
@@ -45,6 +55,17 @@ DARK_THRESHOLD = 30 / 255
 DARK_RUN = 50
 # White backdrops (ours): the same threshold from white, over a run of 100 pixels (module doc).
 BRIGHT_RUN = 100
+# The table of a two-part backdrop (ours, module doc): its colour within 30/255 (DNGaussian's dark
+# threshold, from the other side), opened by a 5x5 square so that highlights thinner than that on
+# the object are not taken for it, in regions that reach the image border and cover >= 1% of it.
+TABLE_OPENING = 5
+TABLE_MIN_AREA = 0.01
+# Weight of the opacity term off a two-part backdrop (``solid_weight``; ours, as the alpha weight:
+# scan 37 at 3 views, 1.0 measured in docs/benchmarks.md).
+TWO_PART_SOLID = 1.0
+# Largest-to-smallest axis ratio a Gaussian may reach before the anisotropy term (PhysGaussian's
+# form, Xie et al. CVPR 2024) acts; 10 is a common choice of r (ours to pick: the paper gives none).
+ANISOTROPY_RATIO = 10.0
 # Binocular3DGS: opacity x 0.995 per step (``--opacity_decay_factor``).
 OPACITY_DECAY = 0.995
 # Binocular3DGS: the shifted-camera loss starts at step 20000 of 30000 (``--shift_cam_start``).
@@ -71,6 +92,31 @@ def dark_backdrop_mask(images: torch.Tensor, threshold: float = DARK_THRESHOLD, 
     lo = (rows - run + 1).clamp_min(0)
     count = cs[:, rows + 1] - cs[:, lo]  # bright pixels among rows max(0, r - run + 1) .. r
     return (count == 0).float()[..., None]
+
+
+def table_backdrop_mask(image: np.ndarray, color, tolerance: float = DARK_THRESHOLD,
+                        opening: int = TABLE_OPENING, min_area: float = TABLE_MIN_AREA) -> np.ndarray:
+    """Boolean ``[H, W]`` mask of the table of a two-part backdrop in ``image [H, W, 3]``: pixels
+    within ``tolerance`` (every channel) of the table's ``color``, morphologically opened by an
+    ``opening`` x ``opening`` square, in connected regions that touch the image border and cover
+    at least ``min_area`` of it. Texture and thin highlights of the object that happen to match the
+    colour fail the opening or the region test."""
+    from scipy import ndimage
+
+    near = (np.abs(np.asarray(image, np.float32)[..., :3] - np.asarray(color, np.float32)).max(axis=-1) < tolerance)
+    if opening > 1:
+        near = ndimage.binary_opening(near, structure=np.ones((opening, opening), bool))
+    labels, count = ndimage.label(near)
+    if count == 0:
+        return near
+    H, W = near.shape
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    keep = np.zeros(count + 1, bool)
+    keep[border] = True
+    keep &= sizes >= min_area * H * W
+    keep[0] = False
+    return keep[labels]
 
 
 def shifted_viewmats(viewmats: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -158,6 +204,39 @@ class OpacityDecay(Plugin):
 
 
 @register_plugin
+class Anisotropy(Plugin):
+    """PhysGaussian's anisotropy regulariser (Xie et al., CVPR 2024, eq. 8): ``weight x mean over
+    Gaussians of max(max(s) / min(s), r) - r``. Sparse views leave depth along each training ray
+    free, so densification grows needles along the rays that show as streaks from other views."""
+
+    name = "anisotropy"
+    applies_to = ("3dgs",)
+
+    @dataclass
+    class Config:
+        weight: float = in_range(0.1)
+        """Ours: enough that Adam's normalised steps bring the ratio back to ``max_ratio``."""
+        max_ratio: float = in_range(ANISOTROPY_RATIO, 1.0)
+
+    def setup(self, state: TrainState) -> None:
+        self.state = state
+
+    def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
+        log_scales = self.state.method.model.splats["scales"]
+        if log_scales.shape[0] == 0:
+            return log_scales.sum() * 0.0
+        # exp(max - min) of the log-scales: the ratio without dividing by tiny scales.
+        ratio = torch.exp(log_scales.max(dim=-1).values - log_scales.min(dim=-1).values)
+        r = self.settings.max_ratio
+        return self.settings.weight * (ratio.clamp_min(r) - r).mean()
+
+    def log_values(self, step: int) -> dict[str, float]:
+        with torch.no_grad():
+            s = self.state.method.model.splats["scales"]
+            return {"median_ratio": float(torch.exp(s.max(-1).values - s.min(-1).values).median())} if len(s) else {}
+
+
+@register_plugin
 class WarpConsistency(Plugin):
     """Binocular3DGS' binocular-guided consistency (module doc). The virtual camera moves by a
     uniform random ``[0, max_shift]`` fraction of its distance to the scene centre (the normalised
@@ -221,7 +300,9 @@ class DarkBackdrop(Plugin):
 
     def __init__(self, config, settings=None) -> None:
         super().__init__(config, settings)
-        self._mask: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (images, their mask): once per step
+        self._mask: Optional[tuple[torch.Tensor, tuple]] = None  # (images, their masks): once per step
+        self._tables: dict[tuple[int, int, int], torch.Tensor] = {}  # (view, H, W) -> table mask
+        self._table_color: Optional[np.ndarray] = None
         self.active = True
 
     def setup(self, state: TrainState) -> None:
@@ -239,6 +320,11 @@ class DarkBackdrop(Plugin):
             else:
                 raise SplatkitError("dark_backdrop needs a black background (background black, or auto on a "
                                     "dark capture such as DTU), or exclude_from_loss=true")
+        if self.settings.table:
+            if state.config.background == "random":
+                raise SplatkitError("dark_backdrop table=true needs a fixed background of the table's colour "
+                                    "(background auto on a two-part backdrop, or the colour given)")
+            self._table_color = background_for(state.config)
 
     @dataclass
     class Config:
@@ -252,6 +338,12 @@ class DarkBackdrop(Plugin):
         bright: bool = False
         """Also take runs of near-white pixels for backdrop (white tables; always out of the loss)."""
         bright_run: int = in_range(BRIGHT_RUN, 1)
+        table: bool = False
+        """Also penalise alpha on the table of a two-part backdrop: large border-touching regions of
+        the background's colour (the table's, as ``background auto`` finds it); they stay in the loss."""
+        solid_weight: float = in_range(0.0)
+        """Weight of ``mean((1 - alpha) x object)`` over the pixels that are no backdrop: the object
+        is opaque, so it may not borrow the background's colour through thin splats (ours)."""
 
     @classmethod
     def backdrop_pixels(cls, images, settings: dict) -> list[np.ndarray]:
@@ -261,28 +353,47 @@ class DarkBackdrop(Plugin):
         return [dark_backdrop_mask(torch.as_tensor(np.asarray(im, np.float32)[None, ..., :3]), cfg.threshold,
                                    cfg.run)[0, ..., 0].numpy() > 0 for im in images]
 
-    def backdrop(self, step: int, batch: Batch) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """The step's dark and (with ``bright``) bright backdrop masks ``[B, H, W, 1]`` (1 =
-        backdrop), computed once per step."""
+    def _table_mask(self, batch: Batch) -> torch.Tensor:
+        """``[B, H, W, 1]`` table masks of the batch's views, computed once per view (on the CPU)."""
+        out = []
+        for i, position in enumerate(batch.positions):
+            key = (int(position), batch.height, batch.width)
+            if key not in self._tables:
+                mask = table_backdrop_mask(batch.images[i].detach().cpu().numpy(), self._table_color,
+                                           self.settings.threshold)
+                self._tables[key] = torch.as_tensor(mask, dtype=batch.images.dtype, device=batch.images.device)[..., None]
+            out.append(self._tables[key])
+        return torch.stack(out)
+
+    def backdrop(self, step: int, batch: Batch) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """The step's dark, (with ``bright``) bright and (with ``table``) table backdrop masks
+        ``[B, H, W, 1]`` (1 = backdrop), computed once per step."""
         if batch.pixels is not None:
             raise SplatkitError(f"{self.name} needs whole rendered views, not a batch of rays")
         if self._mask is None or self._mask[0] is not batch.images:
             cfg = self.settings
             dark = dark_backdrop_mask(batch.images, cfg.threshold, cfg.run)
             bright = dark_backdrop_mask(1.0 - batch.images, cfg.threshold, cfg.bright_run) if cfg.bright else None
-            self._mask = (batch.images, (dark, bright))
+            table = self._table_mask(batch) if self._table_color is not None else None
+            self._mask = (batch.images, (dark, bright, table))
         return self._mask[1]
 
     def photometric_weights(self, step: int, batch: Batch):
         if not self.active or not (self.settings.exclude_from_loss or self.settings.bright):
             return None
-        dark, bright = self.backdrop(step, batch)
+        dark, bright, _ = self.backdrop(step, batch)
         out = 1.0 - dark if self.settings.exclude_from_loss else torch.ones_like(dark)
         return out if bright is None else out * (1.0 - bright)
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
         if not self.active:
             return {}
-        dark, bright = self.backdrop(step, batch)
-        mask = dark if bright is None else torch.maximum(dark, bright)
-        return self.settings.weight * (outputs.alphas.abs() * mask).mean()
+        mask = None
+        for part in self.backdrop(step, batch):
+            if part is not None:
+                mask = part if mask is None else torch.maximum(mask, part)
+        term = self.settings.weight * (outputs.alphas.abs() * mask).mean()
+        if self.settings.solid_weight <= 0:
+            return term
+        solid = self.settings.solid_weight * ((1.0 - outputs.alphas) * (1.0 - mask)).mean()
+        return {"alpha": term, "solid": solid}

@@ -320,14 +320,21 @@ class Trainer:
                                      exclude=plugin_class("dark_backdrop").backdrop_pixels(ts.images, dark))
             two_part = rest.color is not None and bool(rest.color.any())
         if two_part:
+            from splatkit.priors.sparse_views import TWO_PART_SOLID
+
             estimate = rest
-            # A white background behind alpha-0 dark pixels cannot be in the photometric loss.
-            cfg.plugins = {**cfg.plugins, "dark_backdrop": {**dark, "exclude_from_loss": True}}
+            # A white background behind alpha-0 dark pixels cannot be in the photometric loss. With
+            # the table's colour behind the run, a splat of that colour in front of the table is
+            # free in the loss: the table joins the alpha penalty, and with dark void and table
+            # both known the rest must be opaque (DTU scan 37: +0.5 dB; unless set otherwise).
+            cfg.plugins = {**cfg.plugins, "dark_backdrop": {"table": True, "solid_weight": TWO_PART_SOLID,
+                                                            **dark, "exclude_from_loss": True}}
         color = estimate.color if estimate.color is not None else np.zeros(3, np.float32)
         cfg.background_color = [float(c) for c in color]
         self._background_note = f"background {color_name(color)}: {estimate.describe()}"
         if two_part:
-            self._background_note += " once dark_backdrop's pixels are left aside (they leave the photometric loss)"
+            self._background_note += (" once dark_backdrop's pixels are left aside (they leave the photometric loss;"
+                                      " the table's alpha is penalised, the object's 1 - alpha)")
         if cfg.prune_backdrop is None:
             applies = plugin_class("backdrop_prune").applies_to
             # Not on a two-part backdrop: its dark part is dark_backdrop's, and pruning by the table
@@ -504,7 +511,14 @@ class Trainer:
         self._mutating = False
 
         with torch.no_grad():
-            mse = ((outputs.colors.detach().clamp(0, 1) - batch.target) ** 2).mean()
+            err = (outputs.colors.detach().clamp(0, 1) - batch.target) ** 2
+            if weights is not None and weights.dim() == err.dim():
+                # Over the pixels the loss sees: a backdrop left out of it (DTU's void behind a
+                # white background) would otherwise read as a 7 dB fit.
+                w = weights.expand_as(err)
+                mse = (err * w).sum() / w.sum().clamp_min(1e-12)
+            else:
+                mse = err.mean()
         out = {"loss": float(loss.detach()), "psnr": float(-10 * torch.log10(mse.clamp_min(1e-12)))}
         out.update({k: float(v) for k, v in terms.items()})
         if outputs.sh_degree is not None:
