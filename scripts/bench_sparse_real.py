@@ -346,7 +346,8 @@ cell is the mean ± std over the seeds that finished [how many], its difference 
 {done} of {planned} planned runs ("-": not run). `plain`: random init of 10k points in the sphere every camera
 sees, SH degree 1, densification over 1/60 to 1/2 of the run, no plugins, no depth prior. `+a+b` adds
 techniques to it, `all` is every technique of the `sparse` preset ({', '.join(FULL)}; on fern without
-`dark_backdrop`, whose dark mask covers 4e-6 of its pixels), `all-a+b` removes / adds some; see the script's doc. Minutes: training time per
+`dark_backdrop`, whose dark mask covers 4e-6 of its pixels; on scan 37's two-part backdrop `background auto`
+adds its `table` and `solid` terms, `no_table` takes them out), `all-a+b` removes / adds some; see the script's doc. Minutes: training time per
 run, averaged over the row (runs shared the 2 cores with up to two others, 1 thread each). Pictures (ground
 truth | render | error): `OUT/<variant>/images/`; per-run figures: `docs/results/{SECTION}.json`.
 
