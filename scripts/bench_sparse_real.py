@@ -147,7 +147,8 @@ def variant_config(name: str, steps: int, dtu: bool) -> dict:
     return values
 
 
-DTU_ONLY = ("dark_backdrop", "dark_exclude", "bright", "table", "solid", "no_table", "no_solid", "solid3")
+# The techniques only DTU's backdrop has a use for: what ``techniques`` adds for DTU.
+DTU_ONLY = tuple(sorted(set(techniques(1, True)) - set(techniques(1, False))))
 
 
 def applies(name: str, dtu: bool) -> bool:

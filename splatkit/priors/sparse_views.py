@@ -221,19 +221,23 @@ class Anisotropy(Plugin):
     def setup(self, state: TrainState) -> None:
         self.state = state
 
-    def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
+    def _axis_ratios(self) -> torch.Tensor:
+        """Each Gaussian's largest-to-smallest axis ratio, ``exp(max - min)`` of its log-scales (no
+        division by tiny scales)."""
         log_scales = self.state.method.model.splats["scales"]
-        if log_scales.shape[0] == 0:
-            return log_scales.sum() * 0.0
-        # exp(max - min) of the log-scales: the ratio without dividing by tiny scales.
-        ratio = torch.exp(log_scales.max(dim=-1).values - log_scales.min(dim=-1).values)
+        return torch.exp(log_scales.max(dim=-1).values - log_scales.min(dim=-1).values)
+
+    def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
+        ratio = self._axis_ratios()
+        if ratio.numel() == 0:
+            return self.state.method.model.splats["scales"].sum() * 0.0
         r = self.settings.max_ratio
         return self.settings.weight * (ratio.clamp_min(r) - r).mean()
 
     def log_values(self, step: int) -> dict[str, float]:
         with torch.no_grad():
-            s = self.state.method.model.splats["scales"]
-            return {"median_ratio": float(torch.exp(s.max(-1).values - s.min(-1).values).median())} if len(s) else {}
+            ratio = self._axis_ratios()
+            return {"median_ratio": float(ratio.median())} if ratio.numel() else {}
 
 
 @register_plugin
