@@ -22,7 +22,7 @@ two-part backdrop), ``no_table`` (DTU only: neither of them, the preset before i
 (DTU only: the table's term without the opacity one), ``solid3`` (DTU only: the opacity term x 3),
 ``random_bg`` (a random background colour per step), ``white_bg`` (a white background), ``black_bg``
 (a black one: what ``all`` trained on before ``background auto`` learned two-part backdrops),
-``aniso`` (PhysGaussian's anisotropy cap), ``mvs_all`` (every stereo point), ``mvs_depth`` (the stereo depth as a Pearson depth prior), ``co_reg``
+``aniso`` (PhysGaussian's anisotropy cap), ``sh0`` (SH degree 0: no view dependence), ``mvs_all`` (every stereo point), ``mvs_depth`` (the stereo depth as a Pearson depth prior), ``co_reg``
 (CoR-GS: a second field, co-pruning, pseudo-view co-regularisation, about twice a plain run's time;
 its authors' DTU settings, LLFF's on fern).
 
@@ -43,6 +43,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import re
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +75,9 @@ def techniques(steps: int, dtu: bool) -> dict[str, dict]:
            # The stereo depth as a depth prior (FSGS' Pearson loss on the pixels two views agree on).
            "mvs_depth": {"depth_prior": "mvs", "regularizers": ["depth_pearson"]},
            "dropout": {"regularizers": ["dropout"]},
+           # View-independent colour: three close cameras may fit a view dependence that does not
+           # hold far from them (DTU's top and low test views; metal on scan 37).
+           "sh0": {"sh_degree": 0},
            # PhysGaussian's cap on each Gaussian's axis ratio (no needles along the training rays).
            "aniso": {"regularizers": ["anisotropy"]},
            # A new random background colour per step: the splats must cover the photo opaquely.
@@ -115,8 +119,6 @@ def variant_config(name: str, steps: int, dtu: bool) -> dict:
     technique of :data:`FULL` that applies to the scene); ``all-a+b`` (``all`` without some, with
     others)."""
     table = techniques(steps, dtu)
-    import re
-
     if name == "plain":
         chosen: list[str] = []
     elif name.startswith("all"):
@@ -153,8 +155,6 @@ DTU_ONLY = tuple(sorted(set(techniques(1, True)) - set(techniques(1, False))))
 
 def applies(name: str, dtu: bool) -> bool:
     """Variants that add a DTU-only technique are skipped on LLFF (``all`` leaves them out there)."""
-    import re
-
     return dtu or not any(t in DTU_ONLY for t in re.findall(r"\+([a-z_0-9]+)", name))
 
 
@@ -264,7 +264,7 @@ def main() -> None:
                     ledger = record_result(SECTION, key, {
                         "mean": {metric: record["mean"][metric]}, "train_time_s": record.get("train_time_s"),
                         "num_gaussians": record.get("num_gaussians")})
-            results.setdefault((scene, variant), []).append(record)
+            results.setdefault((scene, variant), []).append({**record, "seed": seed})
             # The section is rewritten after every run: a long measurement shows what has finished.
             text = report(args, scenes, order, results, load, len(plan) * len(seeds))
             if args.write:
@@ -336,6 +336,7 @@ def report(args, scenes, order, results, load, planned: int) -> str:
         lines.append(f"| `{v}` | " + " | ".join(cells) + f" | {np.mean(minutes):.1f} |" if minutes else
                      f"| `{v}` | " + " | ".join(cells) + " | - |")
     done = sum(len(rs) for rs in results.values())
+    paired = ablation_lines(scenes, order, results, metrics)
     return f"""## Sparse views on real photos ({args.views} views): techniques added to plain 3DGS and removed from all
 
 `python scripts/bench_sparse_real.py --views {args.views} --scenes {args.scenes} --steps {args.steps} --seeds {args.seeds}
@@ -353,7 +354,50 @@ run, averaged over the row (runs shared the 2 cores with up to two others, 1 thr
 truth | render | error): `OUT/<variant>/images/`; per-run figures: `docs/results/{SECTION}.json`.
 
 {chr(10).join(lines)}
+{ABLATION_INTRO if paired else ""}{chr(10).join(paired)}
 """
+
+
+ABLATION_INTRO = """
+The ablation as paired differences: each run minus the run of the same scene and seed it changes
+(`+a` minus `plain`, `all-a` minus `all`, `all-a+b` minus `all+b`), mean ± std over the seeds both have [how many]; seed-to-seed
+spread cancels in the pairs. Rows with no pair on any scene are left out.
+
+"""
+
+
+def signed_mean_std(values) -> str:
+    """A difference's ``+mean ± std`` (the value alone, signed, for one)."""
+    if len(values) == 1:
+        return f"{values[0]:+.2f}"
+    return f"{np.mean(values):+.2f} ± {np.std(values):.2f}"
+
+
+def ablation_lines(scenes, order, results, metrics) -> list[str]:
+    """Rows ``+a vs plain`` and ``all-a vs all``: per scene the per-seed differences to the run
+    the variant changes (mean ± std and how many seeds pair)."""
+    lines = []
+    for v in order:
+        if v.startswith("+"):
+            base = "plain"
+        elif v.startswith("all-"):
+            # all-a+b changes all+b: a removal measured under other settings pairs with those settings.
+            base = "all" + "".join(f"+{t}" for op, t in re.findall(r"([+-])([a-z_0-9]+)", v[3:]) if op == "+")
+        else:
+            continue
+        cells, any_pair = [], False
+        for s in scenes:
+            ref = {r["seed"]: r["mean"][metrics[s]] for r in results.get((s, base), []) if "seed" in r}
+            diffs = [r["mean"][metrics[s]] - ref[r["seed"]] for r in results.get((s, v), [])
+                     if r.get("seed") in ref]
+            any_pair |= bool(diffs)
+            cells.append(f"{signed_mean_std(diffs)} [{len(diffs)}]" if diffs else "-")
+        if any_pair:
+            lines.append(f"| {v} vs {base} | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    head = "| paired difference | " + " | ".join(f"{s} (dB)" for s in scenes) + " |"
+    return [head, "|---|" + "---|" * len(scenes)] + lines
 
 
 if __name__ == "__main__":

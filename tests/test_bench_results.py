@@ -30,22 +30,53 @@ def test_record_result_adds_replaces_and_keeps_others(tmp_path, monkeypatch):
     assert on_disk == ledger == benchdoc.load_results("demo")
 
 
-def _doc_rows(section: str) -> dict[str, list[str]]:
+def _doc_section(section: str) -> str:
     doc = (ROOT / "docs" / "benchmarks.md").read_text()
     match = re.search(f"<!-- {section}:start -->(.*?)<!-- {section}:end -->", doc, flags=re.S)
     if match is None:
         pytest.skip(f"no {section} section in docs/benchmarks.md")
-    return _variant_rows(match.group(1))
+    return match.group(1)
+
+
+def _doc_rows(section: str) -> dict[str, list[str]]:
+    return _variant_rows(_doc_section(section))
 
 
 def _variant_rows(text: str) -> dict[str, list[str]]:
     """A table's rows keyed by their `variant` cell."""
     rows = {}
     for line in text.splitlines():
+        if not line.startswith("|"):
+            continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells and cells[0].startswith("`"):
+        if cells[0].startswith("`"):
             rows[cells[0].strip("`")] = cells[1:]
     return rows
+
+
+def _paired_rows(text: str) -> dict[str, list[str]]:
+    """The ablation table's rows (``+a vs plain``, ``all-a(+b) vs all(+b)``) keyed by their first cell."""
+    rows = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and re.fullmatch(r"\S+ vs (plain|all\S*)", cells[0]):
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _assert_same_cells(documented_rows, rebuilt_rows, tolerance: float, skip_last: bool):
+    number = re.compile(r"[-+]?\d+\.\d+")
+    assert set(documented_rows) <= set(rebuilt_rows), set(documented_rows) - set(rebuilt_rows)
+    for row, cells in documented_rows.items():
+        ours_cells = rebuilt_rows[row]
+        if skip_last:  # minutes per run: the row's mean over whatever timing each entry kept
+            cells, ours_cells = cells[:-1], ours_cells[:-1]
+        assert len(cells) == len(ours_cells), (row, cells, ours_cells)
+        for documented, ours in zip(cells, ours_cells):
+            a, b = number.findall(documented), number.findall(ours)
+            assert len(a) == len(b), (row, documented, ours)
+            assert all(abs(float(x) - float(y)) <= tolerance for x, y in zip(a, b)), (row, documented, ours)
+            assert re.findall(r"\[(\d+)\]", documented) == re.findall(r"\[(\d+)\]", ours), (row, documented, ours)
 
 
 @pytest.mark.parametrize("views", [3, 6, 9])
@@ -58,20 +89,33 @@ def test_committed_ledger_rebuilds_the_documented_tables(views):
     scenes = [s for s in bench_sparse_real.SCENES if any(k.startswith(f"{views}v/3000/{s}/") for k in ledger)]
     results: dict[tuple[str, str], list[dict]] = {}
     for key, entry in ledger.items():
-        v, steps, scene, variant, _ = key.split("/")
+        v, steps, scene, variant, seed = key.split("/")
         if v == f"{views}v" and steps == "3000":
-            results.setdefault((scene, variant), []).append(entry)
+            results.setdefault((scene, variant), []).append({**entry, "seed": int(seed.removeprefix("seed"))})
     assert results, f"nothing recorded for {views} views"
     args = types.SimpleNamespace(views=views, scenes=",".join(scenes), steps=3000, seeds="0,1,2", variants=None)
     text = bench_sparse_real.report(args, scenes, list(rows), results, None, 0)
-    rebuilt = _variant_rows(text)
-    number = re.compile(r"[-+]?\d+\.\d+")
-    for variant, cells in rows.items():
-        for documented, ours in zip(cells[:-1], rebuilt[variant][:-1]):
-            a, b = number.findall(documented), number.findall(ours)
-            assert len(a) == len(b), (variant, documented, ours)
-            assert all(abs(float(x) - float(y)) <= 0.011 for x, y in zip(a, b)), (variant, documented, ours)
-            assert re.findall(r"\[(\d+)\]", documented) == re.findall(r"\[(\d+)\]", ours), (variant, documented, ours)
+    _assert_same_cells(rows, _variant_rows(text), 0.011, skip_last=True)
+    # Differences of two restored 2-decimal values: twice the rounding.
+    paired = _paired_rows(_doc_section(section))
+    assert set(paired) == set(_paired_rows(text))
+    _assert_same_cells(paired, _paired_rows(text), 0.021, skip_last=False)
+
+
+def test_paired_ablation_rows_pair_by_seed():
+    """``+a vs plain`` subtracts the same seed's plain run; a seed without its pair is left out."""
+    results = {("scan65", "plain"): [{"mean": {"masked_psnr": 10.0}, "seed": 0}, {"mean": {"masked_psnr": 12.0}, "seed": 1}],
+               ("scan65", "+mvs"): [{"mean": {"masked_psnr": 15.0}, "seed": 0}, {"mean": {"masked_psnr": 16.0}, "seed": 1},
+                                    {"mean": {"masked_psnr": 30.0}, "seed": 2}],
+               ("scan65", "all"): [{"mean": {"masked_psnr": 20.0}, "seed": 1}],
+               ("scan65", "all-warp"): [{"mean": {"masked_psnr": 19.0}, "seed": 0}],
+               ("scan65", "all+black_bg"): [{"mean": {"masked_psnr": 14.0}, "seed": 1}],
+               ("scan65", "all-dropout+black_bg"): [{"mean": {"masked_psnr": 13.5}, "seed": 1}]}
+    lines = bench_sparse_real.ablation_lines(["scan65"], ["plain", "+mvs", "all", "all-warp", "all+black_bg",
+                                                          "all-dropout+black_bg"], results, {"scan65": "masked_psnr"})
+    rows = _paired_rows("\n".join(lines))
+    # all-warp's seed 0 has no `all` to pair with; a removal under other settings pairs with them.
+    assert rows == {"+mvs vs plain": ["+4.50 ± 0.50 [2]"], "all-dropout+black_bg vs all+black_bg": ["-0.50 [1]"]}
 
 
 def test_coverage_hull_queries_match_a_box():
