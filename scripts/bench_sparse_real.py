@@ -22,7 +22,8 @@ two-part backdrop), ``no_table`` (DTU only: neither of them, the preset before i
 (DTU only: the table's term without the opacity one), ``solid3`` (DTU only: the opacity term x 3),
 ``random_bg`` (a random background colour per step), ``white_bg`` (a white background), ``black_bg``
 (a black one: what ``all`` trained on before ``background auto`` learned two-part backdrops),
-``aniso`` (PhysGaussian's anisotropy cap), ``sh0`` (SH degree 0: no view dependence), ``mvs_all`` (every stereo point), ``mvs_depth`` (the stereo depth as a Pearson depth prior), ``co_reg``
+``aniso`` (PhysGaussian's anisotropy cap), ``sh0`` (SH degree 0: no view dependence), ``smooth`` / ``smooth10`` (RegNeRF's depth smoothness on
+unobserved views, weight 1 / 10), ``mvs_all`` (every stereo point), ``mvs_depth`` (the stereo depth as a Pearson depth prior), ``co_reg``
 (CoR-GS: a second field, co-pruning, pseudo-view co-regularisation, about twice a plain run's time;
 its authors' DTU settings, LLFF's on fern).
 
@@ -78,6 +79,9 @@ def techniques(steps: int, dtu: bool) -> dict[str, dict]:
            # View-independent colour: three close cameras may fit a view dependence that does not
            # hold far from them (DTU's top and low test views; metal on scan 37).
            "sh0": {"sh_degree": 0},
+           # RegNeRF's depth smoothness on an unobserved view per step (weight 1; smooth10: x 10).
+           "smooth": {"regularizers": ["depth_smoothness"]},
+           "smooth10": {"regularizers": ["depth_smoothness"], "plugins": {"depth_smoothness": {"weight": 10.0}}},
            # PhysGaussian's cap on each Gaussian's axis ratio (no needles along the training rays).
            "aniso": {"regularizers": ["anisotropy"]},
            # A new random background colour per step: the splats must cover the photo opaquely.

@@ -135,6 +135,40 @@ def test_anisotropy_penalises_the_ratio_beyond_the_cap_by_hand():
     assert plugin.log_values(0)["median_ratio"] == pytest.approx(8.0, rel=1e-5)
 
 
+def test_depth_smoothness_by_hand():
+    from splatkit.priors.sparse_views import depth_smoothness_loss
+
+    depth = torch.tensor([[1.0, 2.0], [1.0, 4.0]])[None, ..., None]
+    alpha = torch.ones_like(depth)
+    # Right: (2-1)^2, (4-1)^2; below: (1-1)^2, (4-2)^2; a mean over 4 pairs, depths in units of 2.
+    assert float(depth_smoothness_loss(depth, alpha, torch.tensor([1.0]))) == pytest.approx(14 / 4)
+    assert float(depth_smoothness_loss(depth, alpha, torch.tensor([2.0]))) == pytest.approx(14 / 16)
+    alpha[0, 1, 1, 0] = 0.3  # a transparent pixel drops both of its pairs
+    assert float(depth_smoothness_loss(depth, alpha, torch.tensor([1.0]))) == pytest.approx(1 / 2)
+    alpha[:] = 0.0
+    zero = depth_smoothness_loss(depth.requires_grad_(), alpha, torch.tensor([1.0]))
+    assert float(zero) == 0.0 and zero.requires_grad
+
+
+def test_swung_camera_stays_on_its_sphere_and_looks_at_the_centre():
+    import numpy as np
+
+    from splatkit.priors.sparse_views import swung_camera
+    from splatkit.render.cameras_path import look_at
+
+    center = np.array([0.1, 0.2, -0.3])
+    c2w = look_at(center + np.array([0.0, -2.0, 1.0]), center, np.array([0.0, 0.0, 1.0]))
+    assert np.allclose(swung_camera(c2w, center, 0.0, 0.0), c2w)
+    for yaw, pitch, angle in ((math.radians(30), 0.0, 30.0), (0.0, math.radians(-20), 20.0)):
+        moved = swung_camera(c2w, center, yaw, pitch)
+        a, b = c2w[:3, 3] - center, moved[:3, 3] - center
+        assert np.linalg.norm(b) == pytest.approx(np.linalg.norm(a))
+        assert math.degrees(math.acos(a @ b / (a @ a))) == pytest.approx(angle)
+        assert np.allclose(moved[:3, 2], -b / np.linalg.norm(b))  # forward: towards the centre
+    # A pitch moves the eye in the camera's own up-down plane: its right axis is unchanged.
+    assert np.allclose(swung_camera(c2w, center, 0.0, 0.3)[:3, 0], c2w[:3, 0])
+
+
 def test_opacity_decay_multiplies_opacities_from_the_densification_start():
     logits = torch.logit(torch.tensor([0.5, 0.9]))
     state = SimpleNamespace(method=SimpleNamespace(model=SimpleNamespace(splats={"opacities": logits})))
@@ -248,13 +282,15 @@ def test_training_with_the_sparse_plugins_logs_them_and_resumes_exactly(scene_di
                                "init_num_points": 200, "sh_degree": 0, "background": "black",
                                "train_views": [0, 2, 4], "checkpoint_every": 3, "log_every": 1, "preview_every": 0,
                                "refine_start_iter": 1, "refine_every": 2,
-                               "regularizers": ["opacity_decay", "warp_consistency", "dark_backdrop"],
+                               "regularizers": ["opacity_decay", "warp_consistency", "dark_backdrop",
+                                                "depth_smoothness"],
                                "plugins": {"warp_consistency": {"start": 0.0}}})
 
     full = Trainer(config(tmp_path / "full", 6), quiet=True)
     full.train()
     log = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
-    assert all(k in log[-1] for k in ("warp_consistency", "dark_backdrop"))
+    assert all(k in log[-1] for k in ("warp_consistency", "dark_backdrop", "depth_smoothness"))
+    assert any(entry["depth_smoothness"] > 0 for entry in log)
     assert log[-1]["warp_consistency"] > 0
     # opacity_decay logs the mean opacity it is pulling down (a log-only value, not a loss term).
     assert 0 < log[-1]["opacity_decay/mean_opacity"] < log[0]["opacity_decay/mean_opacity"] < 1

@@ -11,6 +11,11 @@
 * ``anisotropy`` — PhysGaussian's (Xie et al., CVPR 2024) cap on each Gaussian's largest-to-
   smallest axis ratio (a penalty on the excess over ``max_ratio``): needles along the training
   rays, which sparse views leave free, show as streaks from every other view.
+* ``depth_smoothness`` — RegNeRF's geometry regulariser (Niemeyer et al., CVPR 2022, eq. 4)
+  on Gaussians: depth rendered from a random unobserved view (a training camera swung about the
+  scene centre) must be smooth, the squared difference of neighbouring pixels' depths, where
+  both are opaque. Sparse views leave the depth of what they see free along their rays; from
+  another direction the errors show as jagged depth (surfaces that fall apart into streaks).
 * ``dark_backdrop`` — DTU's dark room, as DNGaussian (Li et al., CVPR 2024, ``train_dtu.py``) and
   Binocular3DGS treat it: a pixel is backdrop when its brightest channel is below 30/255 and so
   are the 49 pixels above it; rendered alpha there is penalised (Binocular3DGS: ``mean(|alpha| *
@@ -73,6 +78,14 @@ WARP_START_FRACTION = 20_000 / 30_000
 # Binocular3DGS: disparity smoothness weight 0.05 and the image-edge factor 0.33 of ``SmoothLoss``.
 WARP_SMOOTH_WEIGHT = 0.05
 EDGE_FACTOR = 0.33
+# RegNeRF renders its unobserved views in 8x8 patches at the training rays' resolution; a whole
+# view at a quarter of the training size (ours) costs one small render per step. Views swing up to
+# 30 degrees about the scene centre from a training camera (ours: DTU's 3 training cameras span
+# ~25 degrees, its test views up to ~60 away), from the start (RegNeRF regularises from step 0).
+SMOOTH_DOWNSCALE = 4
+SMOOTH_MAX_ANGLE = 30.0
+# Pixels whose rendered alpha is below this are backdrop: their depth is no surface's.
+SMOOTH_MIN_ALPHA = 0.5
 # Binocular3DGS shifts the camera by up to 0.4 units of its COLMAP frame (``--cam_trans_dist``).
 # On LLFF fern that frame's training cameras are 3.88 units apart (views 1 and 10 of the 3-view
 # split); in splatkit's normalised frame they are 0.118 apart at 0.99 from the scene centre, so
@@ -160,6 +173,38 @@ def edge_aware_smoothness(disparity: torch.Tensor, image: torch.Tensor) -> torch
     ix, iy = _central_differences(image)
     dx, dy = _central_differences(disparity[..., None])
     return (torch.exp(-EDGE_FACTOR * ix.abs()) * dx).abs().mean() + (torch.exp(-EDGE_FACTOR * iy.abs()) * dy).abs().mean()
+
+
+def depth_smoothness_loss(depth: torch.Tensor, alpha: torch.Tensor, scale: torch.Tensor,
+                          min_alpha: float = SMOOTH_MIN_ALPHA) -> torch.Tensor:
+    """RegNeRF's depth smoothness: the mean over neighbouring pixel pairs (right and below) of
+    ``((d1 - d2) / scale)^2``, counting pairs whose alphas both reach ``min_alpha``. ``depth`` and
+    ``alpha`` ``[B, H, W, 1]``; ``scale [B]`` makes it unit-free (the camera's distance to the
+    scene centre). 0 when no pair counts."""
+    d = depth[..., 0] / scale[:, None, None]
+    opaque = alpha[..., 0] >= min_alpha
+    pairs = []
+    for dd, ok in ((d[:, :, 1:] - d[:, :, :-1], opaque[:, :, 1:] & opaque[:, :, :-1]),
+                   (d[:, 1:, :] - d[:, :-1, :], opaque[:, 1:, :] & opaque[:, :-1, :])):
+        pairs.append((dd.square() * ok, ok.sum()))
+    count = sum(n for _, n in pairs)
+    if int(count) == 0:
+        return depth.sum() * 0.0
+    return sum(v.sum() for v, _ in pairs) / count
+
+
+def swung_camera(camtoworld: np.ndarray, center: np.ndarray, yaw: float, pitch: float) -> np.ndarray:
+    """A camera-to-world (OpenCV axes) moved on the sphere about ``center`` through its eye: ``yaw``
+    radians about the camera's up axis, then ``pitch`` about its right axis, looking at ``center``
+    with the camera's own up."""
+    from scipy.spatial.transform import Rotation
+
+    from splatkit.render.cameras_path import look_at
+
+    right, down = camtoworld[:3, 0], camtoworld[:3, 1]
+    turn = Rotation.from_rotvec(pitch * right) * Rotation.from_rotvec(yaw * -down)
+    eye = center + turn.apply(camtoworld[:3, 3] - center)
+    return look_at(eye, center, turn.apply(-down))
 
 
 def warp_consistency_loss(shifted_render: torch.Tensor, depth: torch.Tensor, target: torch.Tensor, fx: torch.Tensor,
@@ -292,6 +337,69 @@ class WarpConsistency(Plugin):
         term = warp_consistency_loss(shifted.colors, outputs.depths, batch.target, batch.Ks[:, 0, 0], shifts,
                                      cfg.smooth_weight)
         return cfg.weight * term
+
+
+@register_plugin
+class DepthSmoothness(Plugin):
+    """RegNeRF's geometry regulariser (module doc) on an unobserved view per step: a training
+    camera chosen at random swings by up to ``max_angle`` degrees about the scene centre (the
+    normalised frame's origin), renders at ``1 / downscale`` of its size, and the squared
+    differences of neighbouring depths are penalised where both pixels are opaque."""
+
+    name = "depth_smoothness"
+    applies_to = ("3dgs",)
+
+    @dataclass
+    class Config:
+        weight: float = in_range(1.0)
+        """Ours (RegNeRF's depths are in its own scene units; these are relative to the camera's
+        distance to the centre)."""
+        max_angle: float = in_range(SMOOTH_MAX_ANGLE, 0.0, 90.0)
+        """Largest swing of the unobserved camera, in degrees, up / down and sideways."""
+        downscale: int = in_range(SMOOTH_DOWNSCALE, 1)
+        start: float = in_range(0.0, 0.0, 1.0)
+        """First step, as a fraction of the run."""
+        min_alpha: float = in_range(SMOOTH_MIN_ALPHA, 0.0, 1.0)
+
+    def setup(self, state: TrainState) -> None:
+        self.state = state
+        # Its own stream, so the cameras never move the trainer's RNG (exact resume).
+        self.generator = torch.Generator().manual_seed(int(state.config.seed) + 7919)
+        cams = state.scene.cameras
+        self.camtoworlds = np.asarray(cams.camtoworlds, dtype=np.float64)
+        if np.any(np.linalg.norm(self.camtoworlds[:, :3, 3], axis=1) < 1e-6):
+            raise SplatkitError(f"{self.name}: a training camera sits at the scene centre it swings about")
+        self.Ks = torch.as_tensor(np.asarray(cams.Ks), dtype=torch.float32)
+        self.sizes = [(int(w), int(h)) for w, h in zip(cams.widths, cams.heights)]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "generator" in state:
+            self.generator.set_state(state["generator"].cpu())
+
+    def unobserved_camera(self, device) -> tuple[torch.Tensor, torch.Tensor, int, int, float]:
+        """``(viewmats [1, 4, 4], Ks [1, 3, 3], width, height, distance to the centre)``."""
+        i = int(torch.randint(len(self.camtoworlds), (1,), generator=self.generator))
+        yaw, pitch = ((torch.rand(2, generator=self.generator, dtype=torch.float64) * 2 - 1)
+                      * np.radians(self.settings.max_angle)).tolist()
+        c2w = swung_camera(self.camtoworlds[i], np.zeros(3), yaw, pitch)
+        k = self.settings.downscale
+        w, h = self.sizes[i]
+        K = self.Ks[i].clone()
+        K[:2] /= k
+        viewmat = torch.linalg.inv(torch.as_tensor(c2w)).float()[None].to(device)
+        return viewmat, K[None].to(device), max(1, w // k), max(1, h // k), float(np.linalg.norm(c2w[:3, 3]))
+
+    def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
+        cfg = self.settings
+        if step < int(round(cfg.start * self.config.steps)) or cfg.weight == 0:
+            return {}
+        viewmats, Ks, w, h, distance = self.unobserved_camera(outputs.colors.device)
+        out = self.state.method.render(viewmats, Ks, w, h, batch.backgrounds[:1], with_depth=True, step=step)
+        scale = torch.full((1,), distance, device=out.depths.device)
+        return cfg.weight * depth_smoothness_loss(out.depths, out.alphas, scale, cfg.min_alpha)
 
 
 @register_plugin
