@@ -22,7 +22,8 @@ two-part backdrop), ``no_table`` (DTU only: neither of them, the preset before i
 (DTU only: the table's term without the opacity one), ``solid3`` (DTU only: the opacity term x 3),
 ``random_bg`` (a random background colour per step), ``white_bg`` (a white background), ``black_bg``
 (a black one: what ``all`` trained on before ``background auto`` learned two-part backdrops),
-``aniso`` (PhysGaussian's anisotropy cap), ``sh0`` (SH degree 0: no view dependence), ``smooth`` / ``smooth10`` (RegNeRF's depth smoothness on
+``aniso`` (PhysGaussian's anisotropy cap), ``decay990`` / ``decay998`` (opacity decay's factor 0.990 / 0.998
+instead of 0.995), ``sh0`` (SH degree 0: no view dependence), ``smooth`` / ``smooth10`` (RegNeRF's depth smoothness on
 unobserved views, weight 1 / 10), ``mvs_all`` (every stereo point), ``mvs_depth`` (the stereo depth as a Pearson depth prior), ``co_reg``
 (CoR-GS: a second field, co-pruning, pseudo-view co-regularisation, about twice a plain run's time;
 its authors' DTU settings, LLFF's on fern).
@@ -68,6 +69,9 @@ def techniques(steps: int, dtu: bool) -> dict[str, dict]:
     from splatkit.priors.co_regularization import PRUNE_THRESHOLD_LLFF, PSEUDO_START_LLFF
 
     out = {"opacity_decay": {"regularizers": ["opacity_decay"], "refine_stop_iter": steps},
+           # Opacity decay's factor (Binocular3DGS: 0.995) stronger / weaker, on runs that have it.
+           "decay990": {"plugins": {"opacity_decay": {"factor": 0.990}}},
+           "decay998": {"plugins": {"opacity_decay": {"factor": 0.998}}},
            "warp": {"regularizers": ["warp_consistency"]},
            "triangulated": {"init": "triangulated"},
            "mvs": {"init": "mvs"},
