@@ -395,9 +395,8 @@ def ablation_lines(scenes, order, results, metrics) -> list[str]:
             continue
         cells, any_pair = [], False
         for s in scenes:
-            ref = {r["seed"]: r["mean"][metrics[s]] for r in results.get((s, base), []) if "seed" in r}
-            diffs = [r["mean"][metrics[s]] - ref[r["seed"]] for r in results.get((s, v), [])
-                     if r.get("seed") in ref]
+            ref = {r["seed"]: r["mean"][metrics[s]] for r in results.get((s, base), [])}
+            diffs = [r["mean"][metrics[s]] - ref[r["seed"]] for r in results.get((s, v), []) if r["seed"] in ref]
             any_pair |= bool(diffs)
             cells.append(f"{signed_mean_std(diffs)} [{len(diffs)}]" if diffs else "-")
         if any_pair:

@@ -183,14 +183,13 @@ def depth_smoothness_loss(depth: torch.Tensor, alpha: torch.Tensor, scale: torch
     scene centre). 0 when no pair counts."""
     d = depth[..., 0] / scale[:, None, None]
     opaque = alpha[..., 0] >= min_alpha
-    pairs = []
-    for dd, ok in ((d[:, :, 1:] - d[:, :, :-1], opaque[:, :, 1:] & opaque[:, :, :-1]),
-                   (d[:, 1:, :] - d[:, :-1, :], opaque[:, 1:, :] & opaque[:, :-1, :])):
-        pairs.append((dd.square() * ok, ok.sum()))
-    count = sum(n for _, n in pairs)
+    right = opaque[:, :, 1:] & opaque[:, :, :-1]
+    below = opaque[:, 1:, :] & opaque[:, :-1, :]
+    count = right.sum() + below.sum()
     if int(count) == 0:
         return depth.sum() * 0.0
-    return sum(v.sum() for v, _ in pairs) / count
+    penalty = ((d[:, :, 1:] - d[:, :, :-1]).square() * right).sum() + ((d[:, 1:, :] - d[:, :-1, :]).square() * below).sum()
+    return penalty / count
 
 
 def swung_camera(camtoworld: np.ndarray, center: np.ndarray, yaw: float, pitch: float) -> np.ndarray:
