@@ -115,6 +115,40 @@ def test_nerf_torch_and_kernel_paths_render_the_same(scene_dir):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-4)
 
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA GPU (scripts/gpu_nerf.sh runs these where one is lent)")
+
+
+@needs_cuda
+@pytest.mark.parametrize("impl", ["auto", "torch"])
+@pytest.mark.parametrize("hollow", [False, True])
+def test_nerf_trains_on_cuda_and_its_checkpoint_renders_the_same_on_cpu(scene_dir, tmp_path, impl, hollow):
+    """On a GPU the NeRF (and HollowNeRF) trains with nerfacc's kernels (``auto``) or the PyTorch
+    references; its checkpoint, nerfacc's occupancy state in it, loads on a CPU and renders there
+    what the GPU renders from it."""
+    values = {**TINY_VALUES, "hollow": hollow, "hollow_resolution": 12, "hollow_budget": 0.3, "nerf_impl": impl}
+    out = tmp_path / "run"
+    trainer = Trainer(resolve_config({"data": scene_dir, "method": "nerf", "steps": 40, "out": out,
+                                      "device": "cuda", **values}), quiet=True)
+    trainer.train()
+    assert trainer.device.type == "cuda" and trainer.method.model.device.type == "cuda"
+    assert trainer.summary["mean"]["psnr"] > 10
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) and r["samples"] > 0 for r in log)
+    ckpt = Run.open(out).latest_checkpoint()
+    cams = trainer.test_scene.cameras[[0]]
+    pictures = {}
+    for device in ("cuda", "cpu"):
+        model, _ = load_checkpoint(ckpt, map_location=device)
+        model.impl = "torch" if device == "cpu" else impl
+        with torch.no_grad():
+            rgbd, alpha, _ = model.render(cams.viewmats(device), cams.intrinsics(device), 48, 36, render_mode="RGB+ED")
+        pictures[device] = torch.cat([rgbd, alpha], -1).cpu()
+    # The same marching rule in float32 on both devices: a sample may cross a cell wall on a few rays.
+    diff = (pictures["cuda"] - pictures["cpu"]).abs()
+    assert float(diff.mean()) < 2e-3 and float((diff > 1e-2).float().mean()) < 0.02
+
+
 def test_nerf_config_errors():
     with pytest.raises(SplatkitError, match="ssim_lambda=0"):
         resolve_config({"method": "nerf", "ssim_lambda": 0.2})
@@ -124,6 +158,8 @@ def test_nerf_config_errors():
         resolve_config({"method": "nerf", "nerf_aabb": [0, 0, 0, 1, -1, 1]})
     with pytest.raises(SplatkitError, match="log2_hashmap_size"):
         resolve_config({"method": "nerf", "nerf_log2_hashmap_size": 40})
+    with pytest.raises(SplatkitError, match="nerf_impl must be one of"):
+        resolve_config({"method": "nerf", "nerf_impl": "tcnn"})
     assert resolve_config({"method": "nerf"}).preset == "nerf"
     assert resolve_config({"method": "3dgs", "device": "cpu"}).preset == "cpu"
     assert resolve_config(preset="nerf-sparse").method == "nerf"

@@ -181,6 +181,7 @@ def test_cuda_dispatch_names_nerfacc_and_cpu_never_loads_its_cuda_backend():
     clear error, and nothing on the CPU path imports nerfacc's CUDA loader."""
     import sys
 
+    loaded_before = "nerfacc.cuda._backend" in sys.modules  # by an earlier CUDA test on a GPU machine
     assert volume._resolve("auto", torch.device("cuda")) == "nerfacc"
     assert volume._resolve("torch", torch.device("cuda")) == "torch"
     with pytest.raises(SplatkitError, match="CUDA-only"):
@@ -194,7 +195,47 @@ def test_cuda_dispatch_names_nerfacc_and_cpu_never_loads_its_cuda_backend():
         ps = volume.march(o, d, t0, t1, binaries, aabbs, 0.05, impl=impl)
         s = torch.ones(ps.ray_indices.numel())
         volume.render(s, torch.ones(len(s), 3), ps.t_starts, ps.t_ends, ps.ray_indices, ps.packed_info, impl=impl)
-    assert "nerfacc.cuda._backend" not in sys.modules
+    assert loaded_before or "nerfacc.cuda._backend" not in sys.modules
+
+
+@pytest.mark.parametrize("max_samples", [0, 1, 3, 8])
+def test_nerfacc_marching_wrapper_caps_rays_as_the_reference(monkeypatch, max_samples):
+    """Our wrapper around nerfacc's ``traverse_grids``, on CPU through a stand-in that returns what
+    nerfacc returns (each ray's first ``traverse_steps_limit`` samples as intervals, and termination
+    planes left unwritten): the same samples and ``t_next`` as the reference, for rays cut by the
+    cap, rays that end at exactly the cap and rays without samples. (nerfacc 0.5.3 leaves a ray's
+    termination plane unwritten when it has no samples; reading it made inference re-march rays
+    from garbage, seen on an H200.)"""
+    import types
+
+    import nerfacc.grid
+
+    o, d = _rays(400)
+    g = torch.Generator().manual_seed(1)
+    binaries = torch.rand(1, 16, 16, 16, generator=g) > 0.9  # sparse: some rays pass few cells or none
+    aabbs = volume_box(1.0)[None]
+    t0, t1 = volume.ray_segments(o, d, aabbs[-1], 0.0, 1e10)
+
+    def traverse_grids(rays_o, rays_d, binaries, aabbs, near_planes, far_planes, step_size, cone_angle,
+                       traverse_steps_limit=None):
+        ps = volume.march_torch(rays_o, rays_d, near_planes, far_planes, binaries, aabbs, step_size, cone_angle,
+                                traverse_steps_limit or 0)
+        S = ps.ray_indices.numel()
+        vals = torch.stack([ps.t_starts, ps.t_ends], 1).reshape(-1)  # one interval per sample
+        is_left = torch.arange(2 * S) % 2 == 0
+        intervals = types.SimpleNamespace(vals=vals, is_left=is_left, is_right=~is_left)
+        samples = types.SimpleNamespace(ray_indices=ps.ray_indices.int(), packed_info=ps.packed_info.int())
+        return intervals, samples, torch.full_like(near_planes, float("nan"))
+
+    monkeypatch.setattr(nerfacc.grid, "traverse_grids", traverse_grids)
+    ref = volume.march_torch(o, d, t0, t1, binaries, aabbs, 0.05, 0.0, max_samples)
+    got = volume._march_nerfacc(o, d, t0, t1, binaries, aabbs, 0.05, 0.0, max_samples)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    counts = volume.march_torch(o, d, t0, t1, binaries, aabbs, 0.05).packed_info[:, 1]
+    if max_samples:  # the cases the cap has to tell apart are all there
+        assert (counts > max_samples).any() and (counts == 0).any()
+        assert bool((counts == max_samples).any())  # done, not cut
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nerfacc's kernels; scripts/gpu_nerf.sh)")
@@ -210,6 +251,13 @@ def test_nerfacc_on_cuda_agrees_with_the_reference():
     got = volume.march(*(x.to(dev) for x in (o, d, t0, t1, binaries, aabbs)), 0.02, impl="nerfacc")
     n_ref, n_got = ref.packed_info[:, 1], got.packed_info[:, 1].cpu()
     assert (n_ref == n_got).float().mean() >= 0.98
+    for cap in (1, 4):  # chunked marching, as inference does: where each ray stops, and which are done
+        ref_cap = volume.march(o, d, t0, t1, binaries, aabbs, 0.02, max_samples=cap, impl="torch")
+        got_cap = volume.march(*(x.to(dev) for x in (o, d, t0, t1, binaries, aabbs)), 0.02, max_samples=cap,
+                               impl="nerfacc")
+        same_rays = (ref_cap.packed_info[:, 1] == got_cap.packed_info[:, 1].cpu()) & (n_ref == n_got)
+        assert same_rays.float().mean() >= 0.98
+        torch.testing.assert_close(got_cap.t_next.cpu()[same_rays], ref_cap.t_next[same_rays], atol=1e-4, rtol=0)
     same = n_ref == n_got
     rows = same[ref.ray_indices]
     torch.testing.assert_close(got.t_starts.cpu()[same[got.ray_indices.cpu()]], ref.t_starts[rows], atol=1e-4, rtol=0)

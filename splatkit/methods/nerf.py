@@ -21,6 +21,7 @@ from splatkit.methods import register_method
 from splatkit.methods.base import Batch, Method, ParamHook, RenderOutputs, load_optimizer_state
 from splatkit.models import hollow
 from splatkit.models.hashgrid import HashGridConfig
+from splatkit.render import volume
 from splatkit.models.nerf_field import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, NerfConfig, NerfModel, camera_rays, \
     scene_box
 
@@ -78,6 +79,8 @@ class Nerf(Method):
                                 f"{config.nerf_max_resolution}")
         if config.nerf_aabb is not None:
             NerfConfig(aabb=list(config.nerf_aabb)).validate()
+        if config.nerf_impl not in volume.IMPLS:
+            raise SplatkitError(f"nerf_impl must be one of {', '.join(volume.IMPLS)}; got {config.nerf_impl!r}")
 
     # -- set-up ---------------------------------------------------------------------------------
     def initialize(self, scene, *, scene_scale: float) -> str:
@@ -87,6 +90,7 @@ class Nerf(Method):
         else:
             aabb, how = scene_box(scene, scene_scale)
         self.model = NerfModel(nerf_config(cfg, aabb)).to(self.device)
+        self.model.impl = cfg.nerf_impl
         cams = scene.cameras
         sizes = {(int(w), int(h)) for w, h in zip(cams.widths, cams.heights)}
         for w, h in sorted(sizes):
@@ -108,6 +112,7 @@ class Nerf(Method):
         if hollow_of(model.config) != hollow_of(want):
             raise SplatkitError("the checkpoint's HollowNeRF saliency grid (hollow, hollow_resolution, "
                                 "hollow_threshold) differs from the config's; it cannot change on resume")
+        model.impl = self.config.nerf_impl
         self.model = model
 
     def build_optimizers(self) -> None:

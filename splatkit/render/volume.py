@@ -124,15 +124,27 @@ def march_torch(rays_o: Tensor, rays_d: Tensor, t_start: Tensor, t_end: Tensor, 
     pts = rays_o[ri] + m[:, None] * rays_d[ri]
     keep = occupied(pts, binaries, aabbs)
     ri, ki = ri[keep], ki[keep]
+    return _capped(ri, lo[ri, ki], hi[ri, ki], t_start, t_end, max_samples)
+
+
+def _capped(ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, t_start: Tensor, t_end: Tensor,
+            max_samples: int) -> PackedSamples:
+    """All of each ray's marched samples (sorted by ray), kept up to ``max_samples`` per ray (0: no
+    cap). ``t_next``: the end of the last kept sample of a ray that had more, else ``t_end`` (done).
+    The marcher must have found at least ``max_samples + 1`` samples of a ray that has more: a ray
+    with exactly ``max_samples`` is done, not cut."""
+    R = t_start.shape[0]
     t_next = torch.maximum(t_start, t_end)
-    if max_samples > 0 and ri.numel():
-        info = pack_info(ri, R)
-        rank = torch.arange(ri.numel(), device=dev) - info[ri, 0]
+    info = pack_info(ray_indices, R)
+    if max_samples > 0 and ray_indices.numel():
+        rank = torch.arange(ray_indices.numel(), device=ray_indices.device) - info[ray_indices, 0]
         cut = info[:, 1] > max_samples  # rays with more samples stop at their max_samples-th
-        last = info[:, 0] + max_samples - 1
-        t_next = torch.where(cut, hi[ri[last.clamp_max(ri.numel() - 1)], ki[last.clamp_max(ri.numel() - 1)]], t_next)
-        ri, ki = ri[rank < max_samples], ki[rank < max_samples]
-    return PackedSamples(ri, lo[ri, ki], hi[ri, ki], pack_info(ri, R), t_next)
+        last = (info[:, 0] + max_samples - 1).clamp_max(ray_indices.numel() - 1)
+        t_next = torch.where(cut, t_ends[last], t_next)
+        kept = rank < max_samples
+        ray_indices, t_starts, t_ends = ray_indices[kept], t_starts[kept], t_ends[kept]
+        info = pack_info(ray_indices, R)
+    return PackedSamples(ray_indices, t_starts, t_ends, info, t_next)
 
 
 class VolumeOutputs(NamedTuple):
@@ -221,15 +233,17 @@ def _resolve(impl: str, device: torch.device) -> str:
 def _march_nerfacc(rays_o, rays_d, t_start, t_end, binaries, aabbs, step, cone_angle, max_samples) -> PackedSamples:
     from nerfacc.grid import traverse_grids  # CUDA tensors only: this loads nerfacc's CUDA kernels
 
-    intervals, samples, term = traverse_grids(
+    # nerfacc's termination planes are not used: its two-pass traversal leaves them unwritten
+    # (torch.empty) for rays without samples, and it cannot tell a ray that reached the limit from
+    # one that ended there. One sample past the cap tells which rays have more (as march_torch).
+    t_start, t_end = t_start.float().contiguous(), t_end.float().contiguous()
+    intervals, samples, _ = traverse_grids(
         rays_o.float().contiguous(), rays_d.float().contiguous(), binaries, aabbs,
-        near_planes=t_start.float().contiguous(), far_planes=t_end.float().contiguous(), step_size=step,
-        cone_angle=cone_angle, traverse_steps_limit=max_samples if max_samples > 0 else None)
+        near_planes=t_start, far_planes=t_end, step_size=step,
+        cone_angle=cone_angle, traverse_steps_limit=max_samples + 1 if max_samples > 0 else None)
     t_starts = intervals.vals[intervals.is_left]
     t_ends = intervals.vals[intervals.is_right]
-    ri = samples.ray_indices.long()
-    t_next = term if max_samples > 0 else torch.maximum(term, t_end)
-    return PackedSamples(ri, t_starts, t_ends, samples.packed_info.long(), t_next)
+    return _capped(samples.ray_indices.long(), t_starts, t_ends, t_start, t_end, max_samples)
 
 
 def _render_nerfacc(sigmas, values, t_starts, t_ends, ray_indices, packed_info) -> VolumeOutputs:

@@ -263,6 +263,9 @@ class TrainConfig:
     """Step growth with distance (0: uniform steps; nerfacc uses 1/256 for unbounded scenes)."""
     nerf_aabb: Optional[list[float]] = None
     """Scene box [xmin, ymin, zmin, xmax, ymax, zmax] (default: from the depth maps or the cameras)."""
+    nerf_impl: str = "auto"
+    """Marching and volume-rendering kernels: auto (nerfacc's on CUDA, our C++ ones on CPU), cpu, torch
+    (the PyTorch references, on either device), nerfacc (CUDA only)."""
     hollow: bool = False
     """HollowNeRF pruning (Xie et al., ICCV 2023; nerf method only): a trainable saliency grid scales
     the hash features, a soft zero-skip gate, and an ADMM pruner that drives the grid's L1 mass
