@@ -65,7 +65,7 @@ class Setup:
 
 # A run that used less than this share of its budget is planned again from its own rate.
 REPLAN_BELOW = 0.9
-MAX_REPLANS = 2
+MAX_REPLANS = 2  # --replans
 
 
 def _config(setup: Setup, out: Path, seed: int, steps: int):
@@ -87,29 +87,41 @@ def _rate(setup: Setup, root: Path, seed: int) -> float:
     return (PROBE_STEPS - 10) / (marks[PROBE_STEPS] - marks[10])
 
 
-def _train_within(setup: Setup, out: Path, seed: int, steps: int, budget: float):
+def train_within(trainer: Trainer, budget: float | None) -> dict:
+    """Train to the run's step count or for ``budget`` seconds of training, whichever ends first;
+    the scored summary either way (``summary["step"]``: the steps run)."""
+    if budget is None:
+        trainer.train()
+        return trainer.summary
+
     def stop(trainer, step):
         if trainer._elapsed() >= budget:
             raise _Budget
 
-    trainer = Trainer(_config(setup, out, seed, steps), quiet=True, callbacks=[stop])
+    trainer.callbacks.append(stop)
     try:
         trainer.train()
-        return trainer, trainer.summary
+        return trainer.summary
     except _Budget:
         trainer.train_seconds = trainer._elapsed()
-        return trainer, trainer.evaluate()
+        return trainer.evaluate()
 
 
-def run_budget(setup: Setup, root: Path, minutes: float, seed: int, rate: float | None = None) -> dict:
+def _train_within(setup: Setup, out: Path, seed: int, steps: int, budget: float):
+    trainer = Trainer(_config(setup, out, seed, steps), quiet=True)
+    return trainer, train_within(trainer, budget)
+
+
+def run_budget(setup: Setup, root: Path, minutes: float, seed: int, rate: float | None = None,
+               replans: int = MAX_REPLANS) -> dict:
     """``rate``: steps per second measured by an earlier budget's run (no probe then)."""
     rate = rate or _rate(setup, root, seed)
     budget = minutes * 60
     steps = max(PROBE_STEPS, int(rate * budget))
-    for attempt in range(MAX_REPLANS + 1):
+    for attempt in range(replans + 1):
         trainer, summary = _train_within(setup, root / f"run-{minutes:g}min-{seed}-{attempt}", seed, steps, budget)
         used = summary["train_time_s"]
-        if used >= REPLAN_BELOW * budget or attempt == MAX_REPLANS:
+        if used >= REPLAN_BELOW * budget or attempt == replans:
             break
         steps = int(steps * budget / used)
         print(f"{minutes:g} min: {trainer.step} steps took {used:.0f} s; planning {steps} steps", flush=True)
@@ -133,11 +145,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--minutes", type=float, nargs="+", default=[5.0, 15.0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--replans", type=int, default=MAX_REPLANS,
+                    help="reruns of a budget whose run ended inside 90%% of it (a GPU's rate barely changes: 1)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--preset", default="nerf")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (as `splatkit train --set`)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_nerf"))
+    ap.add_argument("--section", default=None,
+                    help=f"docs/benchmarks.md section (default: {SECTION}, {SECTION}_cuda on a GPU)")
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -152,7 +168,7 @@ def main() -> None:
     for minutes in args.minutes:
         for seed in args.seeds:
             # The rate of a whole earlier run plans the next budget better than a 30-step probe.
-            r = run_budget(setup, root, minutes, seed, rates.get(seed))
+            r = run_budget(setup, root, minutes, seed, rates.get(seed), args.replans)
             rates[seed] = r["steps"] / r["train_s"]
             rows.append(r)
             print(r, flush=True)
@@ -160,10 +176,11 @@ def main() -> None:
              f"{r['psnr']:.2f} dB | {r['ssim']:.4f} | {r['render_s']:.2f} s | {r['params']:,} |" for r in rows]
     kind = torch.device(args.device).type  # a GPU run keeps its own section beside the CPU figures
     text = "\n".join([
-        "## Hash-grid NeRF on the dense synthetic scene" + ("" if kind == "cpu" else f" ({args.device})"),
+        "## Hash-grid NeRF on the dense synthetic scene" + ("" if kind == "cpu" else f" ({args.device})")
+        + (f", {' '.join(args.set)}" if args.set else ""),
         "",
         f"`python scripts/bench_nerf.py --minutes {' '.join(f'{m:g}' for m in args.minutes)} --seeds "
-        f"{' '.join(map(str, args.seeds))} --device {args.device} --threads {args.threads} --preset {args.preset}"
+        f"{' '.join(map(str, args.seeds))}{'' if args.replans == MAX_REPLANS else f' --replans {args.replans}'} --device {args.device} --threads {args.threads} --preset {args.preset}"
         f"{' --set ' + ' '.join(args.set) if args.set else ''} --write` on {machine_info()}; load average "
         f"{load if load is None else round(load, 1)} at the start; {(time.time() - t_start) / 60:.0f} min in all. "
         f"The demo's scene (seed 0, 200x150, 42 train / 7 test views), preset `{args.preset}` with its step count "
@@ -178,7 +195,7 @@ def main() -> None:
     ])
     print(text)
     if args.write:
-        print(f"wrote {write_section(SECTION if kind == 'cpu' else f'{SECTION}_{kind}', text)}")
+        print(f"wrote {write_section(args.section or (SECTION if kind == 'cpu' else f'{SECTION}_{kind}'), text)}")
 
 
 if __name__ == "__main__":

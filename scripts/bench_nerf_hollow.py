@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchdoc import load_average, machine_info, mean_std, write_section  # noqa: E402
 
+from bench_nerf import train_within  # noqa: E402
 from splatkit.render.cpu_backend import set_kernel_threads  # noqa: E402
 from splatkit.train import resolve_config  # noqa: E402
 from splatkit.train.trainer import Trainer  # noqa: E402
@@ -52,8 +54,8 @@ def _scene(root: Path, width: int, height: int) -> Path:
 
 def run_one(scene: Path, out: Path, log2_t: int, steps: int, hollow: bool, budget: float, seed: int,
             rays: int, march_steps: int, hollow_lr: float, rho: float | None, hollow_init: float, levels: int,
-            max_resolution: int, solver: str = "adam") -> dict:
-    values = {"data": scene, "method": "nerf", "steps": steps, "seed": seed, "out": out, "device": "cpu",
+            max_resolution: int, solver: str = "adam", device: str = "cpu", max_seconds: float | None = None) -> dict:
+    values = {"data": scene, "method": "nerf", "steps": steps, "seed": seed, "out": out, "device": device,
               "checkpoint_every": 0, "preview_every": 0, "log_every": 25, "nerf_log2_hashmap_size": log2_t,
               "nerf_rays": rays, "nerf_march_steps": march_steps,
               "nerf_levels": levels, "nerf_max_resolution": max_resolution}
@@ -64,21 +66,22 @@ def run_one(scene: Path, out: Path, log2_t: int, steps: int, hollow: bool, budge
             values["hollow_rho"] = rho
     trainer = Trainer(resolve_config(values, preset="nerf"), quiet=True)
     t0 = time.process_time()
-    trainer.train()
+    summary = train_within(trainer, max_seconds)  # a wall-clock guard for leased GPU time
     cpu_s = time.process_time() - t0
-    summary = trainer.summary
     log = [json.loads(line) for line in (trainer.run.path / "train_log.jsonl").read_text().splitlines()]
     late = [r for r in log if r["step"] > steps // 2] or log
     row = {"log2_t": log2_t, "hollow": hollow, "steps": trainer.step, "train_s": summary["train_time_s"],
            "cpu_s": cpu_s, "psnr": summary["mean"]["psnr"], "ssim": summary["mean"]["ssim"],
            "params": trainer.method.num_primitives,
-           "samples": sum(r["samples"] for r in late) / len(late)}
+           # (a run the wall-clock guard stopped before its first log record: the last step's count)
+           "samples": sum(r["samples"] for r in late) / len(late) if late else trainer.method.last_samples}
     if hollow:
         exp = summary["hollow_export"]
-        last = log[-1]
+        sal = trainer.method.model.field.saliency  # its state at the last step
+        with torch.no_grad():
+            mass, kept = float(sal.mass()), float(sal.kept_cells().float().mean())
         row.update({"params_export": exp["parameters"], "table_rows": exp["table_rows"],
-                    "table_rows_total": exp["table_rows_total"], "mass": last.get("saliency_mass"),
-                    "kept_cells": last.get("kept_cells")})
+                    "table_rows_total": exp["table_rows_total"], "mass": mass, "kept_cells": kept})
     return row
 
 
@@ -103,18 +106,23 @@ def main() -> None:
     # The paper compares table sizes on a 16-level grid (the nerf preset's, sized for a CPU: 12 / 512).
     ap.add_argument("--levels", type=int, default=16, help="nerf_levels (preset: 12)")
     ap.add_argument("--max-resolution", type=int, default=1024, help="nerf_max_resolution (preset: 512)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (nerfacc's kernels)")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="stop a run after this much training (its steps column says where); default: none")
     ap.add_argument("--section", default=SECTION, help="docs/benchmarks.md section to write")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch and kernel threads per run (1: runs side by side, one per core)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_nerf_hollow"))
     ap.add_argument("--reuse", type=Path, nargs="*", default=[],
                     help="rows.json files of earlier runs: their rows are reused (same settings assumed)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: the table of the --reuse rows (runs gathered from parallel invocations)")
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     set_kernel_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    root = args.out / time.strftime("%Y%m%d-%H%M%S")
+    root = args.out / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"  # invocations may start side by side
     scene = _scene(args.out, args.width, args.height)
     load = load_average()
     t_start = time.time()
@@ -132,7 +140,7 @@ def main() -> None:
         print(f"reusing {len(got)} rows from {path}")
     done = {key(r) for r in rows}
     root.mkdir(parents=True, exist_ok=True)
-    for seed in args.seeds:
+    for seed in [] if args.report_only else args.seeds:
         runs = [(False, None, k) for k in args.plain] + [(True, (b, s), k) for s in args.solver
                                                           for b in args.budget for k in args.hollow]
         for hollow, var, k in runs:
@@ -143,7 +151,7 @@ def main() -> None:
             rho = args.rho if solver == "adam" else args.rho_decoupled
             r = run_one(scene, root / f"{label}-2^{k}-seed{seed}", k, args.steps, hollow, budget, seed, args.rays,
                         args.march_steps, args.hollow_lr, rho, args.hollow_init, args.levels, args.max_resolution,
-                        solver or "adam")
+                        solver or "adam", args.device, args.max_minutes and args.max_minutes * 60)
             r.update(seed=seed, budget=budget, solver=solver)
             rows.append(r)
             print(label, k, seed, r, flush=True)
@@ -164,6 +172,7 @@ def main() -> None:
         return f"{100 * n / ref_params:.0f}%" if ref_params else "n/a"
 
     table, met = [], []
+    gpu = torch.device(args.device).type == "cuda"
     for (hollow, budget, solver, k), rs in groups.items():
         psnr = mean_of(rs, "psnr")
         final = round(mean_of(rs, "params_export")) if hollow else rs[0]["params"]
@@ -175,7 +184,10 @@ def main() -> None:
         same_t = groups.get((False, 0, "adam", k)) if hollow else None  # the plain grid of the same size
         vs_plain = f"{psnr - mean_of(same_t, 'psnr'):+.2f}" if same_t else "-"
         seeds = ", ".join(str(r.get("seed", 0)) for r in rs)
-        table.append(f"| 2^{k} | {what} | {seeds} | {mean_of(rs, 'train_s'):.0f} s | {mean_std([r['psnr'] for r in rs])} "
+        trained = f"{mean_of(rs, 'train_s'):.0f} s"
+        if gpu:  # GPU runs stop at a wall-clock guard: say how far each got
+            trained = "/".join(format(r["steps"], ",") for r in rs) + f" steps, {trained}"
+        table.append(f"| 2^{k} | {what} | {seeds} | {trained} | {mean_std([r['psnr'] for r in rs])} "
                      f"({delta}) | {vs_plain} | {rs[0]['params']:,} | {rows_kept} | {final:,} ({pct(final)}) | {pruned} | "
                      f"{mean_of(rs, 'samples'):,.0f} |")
         if hollow and ref_psnr is not None and final <= 0.31 * ref_params and psnr >= ref_psnr - 0.1:
@@ -196,25 +208,34 @@ def main() -> None:
     hollow_sizes = sorted({k for h, _, _, k in groups if h})
     budgets = sorted({b for h, b, _, _ in groups if h}) or args.budget
     solvers = sorted({s for h, _, s, _ in groups if h}) or args.solver
+    guard = f" --device {args.device}{f' --max-minutes {args.max_minutes:g}' if args.max_minutes else ''}"
+    if gpu:
+        when = (f"{len(args.reuse)} runs side by side on the one GPU (one process each, gathered with --reuse), "
+                f"each stopped after at most {args.max_minutes:g} min of training" if args.reuse else when)
+    header = "## HollowNeRF pruning vs plain hash grids (synthetic scene" + (f", {args.device})" if gpu else ")")
     text = "\n".join([
-        "## HollowNeRF pruning vs plain hash grids (synthetic scene)",
+        header,
         "",
-        f"`nice -n 10 python scripts/bench_nerf_hollow.py --steps {args.steps} --plain "
+        f"`{'' if gpu else 'nice -n 10 '}python scripts/bench_nerf_hollow.py --steps {args.steps} --plain "
         f"{' '.join(map(str, plain_sizes))} --hollow {' '.join(map(str, hollow_sizes))} --seeds "
         f"{' '.join(map(str, all_seeds))} --budget {' '.join(f'{b:g}' for b in budgets)} "
         f"--hollow-lr {args.hollow_lr:g} --width {args.width} --height {args.height} --threads {args.threads} "
         f"--rays {args.rays} --march-steps {args.march_steps} --levels {args.levels} --max-resolution "
         f"{args.max_resolution}{' --rho ' + format(args.rho, 'g') if args.rho else ''}"
         f"{' --solver ' + ' '.join(solvers) if solvers != ['adam'] else ''}"
-        f"{' --rho-decoupled ' + format(args.rho_decoupled, 'g') if args.rho_decoupled else ''} "
-        f"--write` on {machine_info()}; {when}; {cpu_min:.0f} CPU-min of training and scoring for these rows "
-        "(a shared machine: training times are wall-clock and noisy). The demo's scene (seed 0, 42 train / "
+        f"{' --rho-decoupled ' + format(args.rho_decoupled, 'g') if args.rho_decoupled else ''}"
+        f"{guard if gpu else ''} --write` on {machine_info()}; {when}{'. ' if gpu else '; '}"
+        + ("" if gpu else f"{cpu_min:.0f} CPU-min of training and scoring for these rows (a shared machine: training "
+           "times are wall-clock and noisy). ")
+        + "The demo's scene (seed 0, 42 train / "
         "7 test views) rendered at "
         f"{args.width}x{args.height} (the demo's: 200x150), preset "
         f"`nerf` with {args.levels} levels up to {args.max_resolution} cells (64^3 occupancy grid), "
-        f"`nerf_log2_hashmap_size` = log2 T and, to fit a shared 2-core CPU, {args.rays} rays per step and "
-        f"{args.march_steps} steps along the box diagonal (preset: 1024, 512), **{args.steps} steps per run** "
-        "(nerfacc's LR schedule over them), one run per seed (the seeds column); the rows' figures are means "
+        f"`nerf_log2_hashmap_size` = log2 T and{'' if gpu else ', to fit a shared 2-core CPU,'} {args.rays} rays "
+        f"per step and {args.march_steps} steps along the box diagonal (preset: 1024, 512), **{args.steps} steps "
+        "per run** (nerfacc's LR schedule over them"
+        + ("; a run the guard stopped earlier ends with its LR undecayed" if gpu else "")
+        + "), one run per seed (the seeds column); the rows' figures are means "
         "over their seeds. Test PSNR as `splatkit eval` scores it (mean ± std), and its difference to the 2^19 "
         "plain grid's mean. Parameters: of the trained field (HollowNeRF: + the 64^3 saliency grid); after export: "
         "HollowNeRF's compact export (hash-table rows that only pruned cells reach and saliency values that no "
@@ -232,9 +253,11 @@ def main() -> None:
         "row), so the target asks the saliency grid to win that difference back: the paper's mechanism is "
         "collision mitigation (hash-table rows shared with empty space stop serving it once its saliency is "
         "zero). The 'vs plain, same T' column is that gain, against the plain grid's mean over its seeds; single-"
-        "seed rows are indicative only, since a seed moves one of these runs by about the std shown. These are "
-        "short CPU runs (the paper trains 300k steps on a GPU); they compare the models at equal steps. "
-        "From the paper: the saliency grid "
+        "seed rows are indicative only, since a seed moves one of these runs by about the std shown. "
+        + ("The CPU section above says which details came from the paper and which are ours, and how the "
+           "settings were tuned." if gpu else
+           "These are short CPU runs (the paper trains 300k steps on a GPU); they compare the models at equal "
+           "steps. From the paper: the saliency grid "
         "(64^3, trilinear + sigmoid, multiplying the hash features), the soft zero-skip gate tanh(alpha ||v||) "
         "with alpha 1e4 then 1e5, the ADMM pruner's augmented-Lagrangian loss and dual ascent, the budget "
         "C = 0.04 of the paper (a mean; this table's budget is ours, see below). Ours: the budget here, "
@@ -246,7 +269,8 @@ def main() -> None:
         "occupancy grid and row dropping at export. The `decoupled` rows (`hollow_solver=decoupled`, ours, "
         f"rho = {rho_decoupled:g}) apply the augmented Lagrangian's pull on the logits beside Adam, as AdamW "
         "decouples weight decay, instead of through it (splatkit/models/hollow.py says why); every other row "
-        "uses the paper's single Adam.",
+        "uses the paper's single Adam."),
+    ] + ([] if gpu else [
         "",
         "Tuning before this table (16 levels up to 1024, 100x75, 512 rays, 300 steps; not rows here). "
         "rho, at 2^14: rho = 1 pruned 99.9% of the "
@@ -272,10 +296,11 @@ def main() -> None:
         "saliency up, because v = p f is what it sees and the hash features grow as p shrinks; the shrunken p "
         "then slows how fast v learns there. A toy problem where the saliency alone serves the loss behaves as "
         "designed (tests/test_nerf_hollow.py), the field does not.",
-    ])
+    ]))
     print(text)
     if args.write:
-        print(f"wrote {write_section(args.section, text)}")
+        section = args.section if not gpu or args.section != SECTION else f"{SECTION}_{torch.device(args.device).type}"
+        print(f"wrote {write_section(section, text)}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,10 @@ def machine_info() -> str:
                 break
     except OSError:
         pass
-    return (f"{model}, {os.cpu_count()} cores visible, torch {torch.__version__} "
+    gpu = ""
+    if torch.cuda.is_available():  # the figures of a GPU run depend on the card first
+        gpu = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}) with "
+    return (f"{gpu}{model}, {os.cpu_count()} cores visible, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
             f"{datetime.date.today().isoformat()}")
 
