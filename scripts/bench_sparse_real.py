@@ -9,7 +9,9 @@ Variants (``--variants``, comma separated), all on the ``sparse`` preset's other
 * ``plain``: random init in the sphere every camera sees, densification from steps/60 to steps/2
   (3DGS' proportions), no plugins;
 * ``+a+b``: techniques added to ``plain``; ``all``: every technique of ``FULL`` that applies to the
-  scene (the ``sparse`` preset); ``all-a+b``: ``all`` without some of them, with others.
+  scene (the ``sparse`` preset's, with opacity decay at the paper's x0.995, as every recorded row
+  has it; the 3-view preset's x0.990 is ``all+decay990``); ``all-a+b``: ``all`` without some of
+  them, with others.
 
 Techniques: ``mvs`` (``init="mvs"``, plane-sweep stereo), ``triangulated`` (``init="triangulated"``),
 ``opacity_decay`` (Binocular3DGS x0.995 per step, densifying to the end as its authors do), ``warp``
@@ -22,7 +24,7 @@ two-part backdrop), ``no_table`` (DTU only: neither of them, the preset before i
 (DTU only: the table's term without the opacity one), ``solid3`` (DTU only: the opacity term x 3),
 ``random_bg`` (a random background colour per step), ``white_bg`` (a white background), ``black_bg``
 (a black one: what ``all`` trained on before ``background auto`` learned two-part backdrops),
-``aniso`` (PhysGaussian's anisotropy cap), ``decay990`` / ``decay998`` (opacity decay's factor 0.990 / 0.998
+``aniso`` (PhysGaussian's anisotropy cap), ``decay980`` / ``decay990`` / ``decay998`` (opacity decay's factor 0.980 / 0.990 / 0.998
 instead of 0.995), ``sh0`` (SH degree 0: no view dependence), ``smooth`` / ``smooth10`` (RegNeRF's depth smoothness on
 unobserved views, weight 1 / 10), ``mvs_all`` (every stereo point), ``mvs_depth`` (the stereo depth as a Pearson depth prior), ``co_reg``
 (CoR-GS: a second field, co-pruning, pseudo-view co-regularisation, about twice a plain run's time;
@@ -67,9 +69,13 @@ SCENES = {"scan65": ("dtu", "dtu_scan65"), "scan37": ("dtu", "dtu_scan37"), "fer
 def techniques(steps: int, dtu: bool) -> dict[str, dict]:
     """Each technique as the config values it adds to the base (``plain``)."""
     from splatkit.priors.co_regularization import PRUNE_THRESHOLD_LLFF, PSEUDO_START_LLFF
+    from splatkit.priors.sparse_views import OPACITY_DECAY
 
-    out = {"opacity_decay": {"regularizers": ["opacity_decay"], "refine_stop_iter": steps},
+    # The paper's factor, pinned: every recorded ``all`` row has it, whatever the preset now sets.
+    out = {"opacity_decay": {"regularizers": ["opacity_decay"], "refine_stop_iter": steps,
+                             "plugins": {"opacity_decay": {"factor": OPACITY_DECAY}}},
            # Opacity decay's factor (Binocular3DGS: 0.995) stronger / weaker, on runs that have it.
+           "decay980": {"plugins": {"opacity_decay": {"factor": 0.980}}},
            "decay990": {"plugins": {"opacity_decay": {"factor": 0.990}}},
            "decay998": {"plugins": {"opacity_decay": {"factor": 0.998}}},
            "warp": {"regularizers": ["warp_consistency"]},
@@ -355,7 +361,9 @@ masked PSNR over the 25 protocol test views; fern: x8, every 8th image held out,
 cell is the mean ± std over the seeds that finished [how many], its difference to `plain` in brackets;
 {done} of {planned} planned runs ("-": not run). `plain`: random init of 10k points in the sphere every camera
 sees, SH degree 1, densification over 1/60 to 1/2 of the run, no plugins, no depth prior. `+a+b` adds
-techniques to it, `all` is every technique of the `sparse` preset ({', '.join(FULL)}; on fern without
+techniques to it, `all` is every technique of the `sparse` preset ({', '.join(FULL)}), opacity decay at
+Binocular3DGS' x0.995 (the ablation's base; the 3-view `sparse` preset itself has x0.990 since 2026-12-04,
+row `all+decay990`, and `sparse6` / `sparse9` keep x0.995; on fern without
 `dark_backdrop`, whose dark mask covers 4e-6 of its pixels; on scan 37's two-part backdrop `background auto`
 adds its `table` and `solid` terms, `no_table` takes them out), `all-a+b` removes / adds some; see the script's doc. Minutes: training time per
 run, averaged over the row (runs shared the 2 cores with up to two others, 1 thread each). Pictures (ground
@@ -368,7 +376,7 @@ truth | render | error): `OUT/<variant>/images/`; per-run figures: `docs/results
 
 ABLATION_INTRO = """
 The ablation as paired differences: each run minus the run of the same scene and seed it changes
-(`+a` minus `plain`, `all-a` minus `all`, `all-a+b` minus `all+b`), mean ± std over the seeds both have [how many]; seed-to-seed
+(`+a` minus `plain`, `all-a` or `all+b` minus `all`, `all-a+b` minus `all+b`; one `+b` only), mean ± std over the seeds both have [how many]; seed-to-seed
 spread cancels in the pairs. Rows with no pair on any scene are left out.
 
 """
@@ -382,12 +390,14 @@ def signed_mean_std(values) -> str:
 
 
 def ablation_lines(scenes, order, results, metrics) -> list[str]:
-    """Rows ``+a vs plain`` and ``all-a vs all``: per scene the per-seed differences to the run
+    """Rows ``+a vs plain``, ``all-a vs all`` and ``all+b vs all``: per scene the per-seed differences to the run
     the variant changes (mean ± std and how many seeds pair)."""
     lines = []
     for v in order:
         if v.startswith("+"):
             base = "plain"
+        elif v.startswith("all+") and v.count("+") == 1:  # one setting changed on top of all
+            base = "all"
         elif v.startswith("all-"):
             # all-a+b changes all+b: a removal measured under other settings pairs with those settings.
             base = "all" + "".join(f"+{t}" for op, t in re.findall(r"([+-])([a-z_0-9]+)", v[3:]) if op == "+")

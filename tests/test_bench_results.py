@@ -103,7 +103,8 @@ def test_committed_ledger_rebuilds_the_documented_tables(views):
 
 
 def test_paired_ablation_rows_pair_by_seed():
-    """``+a vs plain`` subtracts the same seed's plain run; a seed without its pair is left out."""
+    """``+a vs plain`` subtracts the same seed's plain run, ``all+b vs all`` the same seed's ``all``;
+    a seed without its pair is left out."""
     results = {("scan65", "plain"): [{"mean": {"masked_psnr": 10.0}, "seed": 0}, {"mean": {"masked_psnr": 12.0}, "seed": 1}],
                ("scan65", "+mvs"): [{"mean": {"masked_psnr": 15.0}, "seed": 0}, {"mean": {"masked_psnr": 16.0}, "seed": 1},
                                     {"mean": {"masked_psnr": 30.0}, "seed": 2}],
@@ -115,7 +116,8 @@ def test_paired_ablation_rows_pair_by_seed():
                                                           "all-dropout+black_bg"], results, {"scan65": "masked_psnr"})
     rows = _paired_rows("\n".join(lines))
     # all-warp's seed 0 has no `all` to pair with; a removal under other settings pairs with them.
-    assert rows == {"+mvs vs plain": ["+4.50 ± 0.50 [2]"], "all-dropout+black_bg vs all+black_bg": ["-0.50 [1]"]}
+    assert rows == {"+mvs vs plain": ["+4.50 ± 0.50 [2]"], "all+black_bg vs all": ["-6.00 [1]"],
+                    "all-dropout+black_bg vs all+black_bg": ["-0.50 [1]"]}
 
 
 def test_coverage_hull_queries_match_a_box():
