@@ -210,8 +210,9 @@ def main() -> None:
     solvers = sorted({s for h, _, s, _ in groups if h}) or args.solver
     guard = f" --device {args.device}{f' --max-minutes {args.max_minutes:g}' if args.max_minutes else ''}"
     if gpu:
-        when = (f"{len(args.reuse)} runs side by side on the one GPU (one process each, gathered with --reuse), "
-                f"each stopped after at most {args.max_minutes:g} min of training" if args.reuse else when)
+        guarded = f", each stopped after at most {args.max_minutes:g} min of training" if args.max_minutes else ""
+        when = (f"{len(args.reuse)} runs side by side on the one GPU (one process each, gathered with "
+                f"--reuse){guarded}" if args.reuse else when)
     header = "## HollowNeRF pruning vs plain hash grids (synthetic scene" + (f", {args.device})" if gpu else ")")
     text = "\n".join([
         header,
