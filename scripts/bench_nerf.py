@@ -90,15 +90,12 @@ def _rate(setup: Setup, root: Path, seed: int) -> float:
 def train_within(trainer: Trainer, budget: float | None) -> dict:
     """Train to the run's step count or for ``budget`` seconds of training, whichever ends first;
     the scored summary either way (``summary["step"]``: the steps run)."""
-    if budget is None:
-        trainer.train()
-        return trainer.summary
-
     def stop(trainer, step):
         if trainer._elapsed() >= budget:
             raise _Budget
 
-    trainer.callbacks.append(stop)
+    if budget is not None:
+        trainer.callbacks.append(stop)
     try:
         trainer.train()
         return trainer.summary

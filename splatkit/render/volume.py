@@ -143,7 +143,8 @@ def _capped(ray_indices: Tensor, t_starts: Tensor, t_ends: Tensor, t_start: Tens
         t_next = torch.where(cut, t_ends[last], t_next)
         kept = rank < max_samples
         ray_indices, t_starts, t_ends = ray_indices[kept], t_starts[kept], t_ends[kept]
-        info = pack_info(ray_indices, R)
+        counts = info[:, 1].clamp_max(max_samples)  # the kept samples' layout, without a second bincount
+        info = torch.stack([torch.cumsum(counts, 0) - counts, counts], dim=-1)
     return PackedSamples(ray_indices, t_starts, t_ends, info, t_next)
 
 
