@@ -6,7 +6,9 @@
 #   2. scripts/bench_nerf.py on CUDA for 1 minute, twice side by side: the `nerf` preset (sized for a
 #      CPU) and Instant-NGP's sizes (4096 rays, 16 levels to 2048 cells, 2^19 entries, 128^3
 #      occupancy grid), written as the sections bench_nerf_cuda and bench_nerf_cuda_ngp;
-#   3. scripts/bench_nerf_hollow.py on CUDA: plain 2^19 / 2^17 grids and HollowNeRF at 2^17 / 2^16,
+#   3. scripts/profile_nerf_step.py: steps/s of the two launch-bound chunk sizes (opaque pass,
+#      hash encoding) at both sizes, where a step's time goes, torch.profiler's top operators;
+#   4. scripts/bench_nerf_hollow.py on CUDA: plain 2^19 / 2^17 grids and HollowNeRF at 2^17 / 2^16,
 #      eight runs side by side on the one GPU at the demo's 200x150, each with the step count that
 #      ~2.5 minutes hold at the rate step 2 measured (a wall-clock guard stops a slower run), then
 #      gathered into the section bench_nerf_hollow_cuda.
@@ -16,11 +18,14 @@
 #     PYTHON=python3 bash scripts/gpu_nerf.sh
 # (scripts/setup.sh installs the CPU wheel of torch: on a GPU machine use a CUDA build of torch.)
 # Logs go to $GPU_LOG (default /tmp/gpu_nerf); docs/benchmarks.md is updated in place.
+# STAGES (default "tests bench profile hollow") picks the parts to run; nerfacc is always built.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
 LOG="${GPU_LOG:-/tmp/gpu_nerf}"
 HOLLOW_MINUTES="${HOLLOW_MINUTES:-2.5}"
+STAGES=" ${STAGES:-tests bench profile hollow} "
+want() { [[ "$STAGES" == *" $1 "* ]]; }
 mkdir -p "$LOG"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 t0=$(date +%s)
@@ -39,6 +44,7 @@ say "building nerfacc's CUDA kernels (JIT, first use)"
     > "$LOG/nerfacc_build.log" 2>&1 || { tail -n 40 "$LOG/nerfacc_build.log"; say "nerfacc build failed"; exit 1; }
 say "nerfacc built"
 
+if want tests; then
 say "CUDA tests"
 # A failing CUDA path stops here: the benchmarks would spend the lease on it (on 2026-12-04 a wrong
 # termination plane kept inference re-marching rays, and both benchmarks hung).
@@ -48,9 +54,21 @@ status=$?
 tail -n 15 "$LOG/tests.log"
 [ $status -eq 0 ] || { say "CUDA tests failed ($status): stopping"; exit 1; }
 say "tests passed"
+fi
 
-say "bench_nerf: nerf preset and Instant-NGP sizes, 1 minute each, side by side"
 NGP=(nerf_rays=4096 nerf_levels=16 nerf_max_resolution=2048 nerf_log2_hashmap_size=19 nerf_occ_resolution=128)
+if want profile; then
+say "profile_nerf_step: chunk sizes at the preset's and Instant-NGP's sizes, one process at a time"
+timeout 150 "$PY" scripts/profile_nerf_step.py --device cuda --opaque 16 64 256 --hash 32768 524288 --phases \
+    --profile 5 --out /tmp/profile_nerf --write > "$LOG/profile.log" 2>&1
+timeout 120 "$PY" scripts/profile_nerf_step.py --device cuda --opaque 16 256 --hash 32768 524288 --set "${NGP[@]}" \
+    --section profile_nerf_step_cuda_ngp --out /tmp/profile_nerf --write > "$LOG/profile_ngp.log" 2>&1
+grep -h "^| [0-9]" "$LOG/profile.log" "$LOG/profile_ngp.log" || tail -n 20 "$LOG/profile.log" "$LOG/profile_ngp.log"
+say "profile done"
+fi
+
+if want bench; then
+say "bench_nerf: nerf preset and Instant-NGP sizes, 1 minute each, side by side"
 timeout 240 "$PY" scripts/bench_nerf.py --device cuda --minutes 1 --seeds 0 --replans 0 --threads 2 \
     --out /tmp/bench_nerf_cuda --write > "$LOG/bench_nerf.log" 2>&1 &
 timeout 240 "$PY" scripts/bench_nerf.py --device cuda --minutes 1 --seeds 0 --replans 0 --threads 2 --set "${NGP[@]}" \
@@ -58,6 +76,8 @@ timeout 240 "$PY" scripts/bench_nerf.py --device cuda --minutes 1 --seeds 0 --re
 wait
 grep -h "^| 1 min" "$LOG/bench_nerf.log" "$LOG/bench_nerf_ngp.log" || tail -n 20 "$LOG/bench_nerf.log" "$LOG/bench_nerf_ngp.log"
 say "bench_nerf done"
+fi
+want hollow || { say "all done"; exit 0; }
 
 # Steps per HollowNeRF run: the Instant-NGP run's rate (its sizes are the closest), halved for eight
 # processes sharing the GPU, over the guard's time.

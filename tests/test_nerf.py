@@ -15,6 +15,7 @@ from splatkit.cli.main import main
 from splatkit.errors import SplatkitError
 from splatkit.methods import load_checkpoint
 from splatkit.models.nerf_field import NerfModel, camera_rays
+from splatkit.render import volume
 from splatkit.train import Run, resolve_config
 from splatkit.train.trainer import Trainer
 
@@ -78,24 +79,31 @@ def test_nerf_trains_resumes_exactly_evaluates_and_renders_through_the_cli(scene
     assert "nerfacc" in sys.modules and "nerfacc.cuda._backend" not in sys.modules
 
 
-def test_nerf_torch_and_kernel_paths_render_the_same(scene_dir):
-    """The C++ kernels and the PyTorch references give the same images from one model."""
+def _dense_model(scene_dir) -> tuple[NerfModel, "Cameras"]:
+    """An untrained NeRF with a density worth rendering (a random hash table) and every occupancy
+    cell on, and two of the scene's cameras."""
     from splatkit.data import load_scene
     from splatkit.methods.nerf import nerf_config
     from splatkit.models.nerf_field import scene_box
-    from splatkit.render import nerf_cpu_backend
 
-    if nerf_cpu_backend.unavailable_reason() is not None:
-        pytest.skip(f"NeRF C++ kernels unavailable: {nerf_cpu_backend.unavailable_reason()}")
     scene = load_scene(scene_dir)
     cfg = resolve_config({"method": "nerf", "nerf_log2_hashmap_size": 12, "nerf_levels": 4,
                           "nerf_max_resolution": 64, "nerf_occ_resolution": 16})
     torch.manual_seed(0)
     model = NerfModel(nerf_config(cfg, scene_box(scene, 1.0)[0]))
-    with torch.no_grad():  # a density worth rendering: a blob in the box centre
+    with torch.no_grad():
         model.field.grid.table.normal_(0, 1.0)
         model.estimator.binaries.fill_(True)
-    cams = scene.cameras[[0, 1]]
+    return model, scene.cameras[[0, 1]]
+
+
+def test_nerf_torch_and_kernel_paths_render_the_same(scene_dir):
+    """The C++ kernels and the PyTorch references give the same images from one model."""
+    from splatkit.render import nerf_cpu_backend
+
+    if nerf_cpu_backend.unavailable_reason() is not None:
+        pytest.skip(f"NeRF C++ kernels unavailable: {nerf_cpu_backend.unavailable_reason()}")
+    model, cams = _dense_model(scene_dir)
     out = {}
     for impl in ("cpu", "torch"):
         model.impl = impl
@@ -113,6 +121,44 @@ def test_nerf_torch_and_kernel_paths_render_the_same(scene_dir):
         growing = model.render_rays(rays_o, rays_d, 0.01, chunk_samples=2, max_chunk_samples=16)
     for a, b in zip(whole[:2], growing[:2]):
         torch.testing.assert_close(a, b, rtol=0, atol=2e-4)
+
+
+def test_training_rays_stop_at_the_chunk_they_turn_opaque_in_whatever_the_chunk_growth(scene_dir):
+    """The density-only pass of a training step (``opaque_from``) marches fixed chunks on a CPU
+    and doubling ones on a GPU: a ray stops at the end of the chunk it turns opaque in, so a bigger
+    chunk can only stop it later, and the rendered rays agree up to the light left behind the stop."""
+    model, cams = _dense_model(scene_dir)
+    model.impl = "torch"
+    with torch.no_grad():  # denser, in a central block of cells: rays through it turn opaque, others do not
+        model.field.density_mlp[-1].bias[0] += 3.5
+        occ = model.estimator.binaries
+        r = occ.shape[1]
+        occ.fill_(False)
+        occ[:, r // 4:3 * r // 4, r // 4:3 * r // 4, r // 4:3 * r // 4] = True
+    rays_o, rays_d, _ = camera_rays(cams.viewmats(), cams.intrinsics(), 48, 36)
+    rays_o, rays_d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
+    t_start, t_end = model.segments(rays_o, rays_d)
+    t_start = t_start + torch.rand(t_start.shape, generator=torch.Generator().manual_seed(1)) * model.step_size
+    with torch.no_grad():
+        fixed = model.opaque_from(rays_o, rays_d, t_start, t_end, chunk_samples=16, max_chunk_samples=16)
+        growing = model.opaque_from(rays_o, rays_d, t_start, t_end, chunk_samples=16, max_chunk_samples=256)
+        stopped = fixed < t_end
+        assert 0.2 < float(stopped.float().mean()) < 1.0  # some rays turn opaque, some pass through
+        assert bool((growing >= fixed).all()) and bool((growing <= t_end).all())
+        assert bool((growing[~stopped] == t_end[~stopped]).all())
+        assert float((growing[stopped] > fixed[stopped]).float().mean()) > 0.1  # the growth did change stops
+        colours = []
+        for stop in (fixed, growing):
+            ps = model.march(rays_o, rays_d, t_start, stop)
+            x, d = model.sample_points(rays_o, rays_d, ps)
+            rgb, sigma = model.field(x, d)
+            out = volume.render(sigma, rgb, ps.t_starts, ps.t_ends, ps.ray_indices, ps.packed_info, impl="torch")
+            colours.append(torch.cat([out.colors, out.opacities[:, None]], dim=1))
+    torch.testing.assert_close(colours[0], colours[1], rtol=0, atol=2e-4)
+    # The device's default: fixed chunks on a CPU.
+    assert NerfModel.OPAQUE_MAX_CHUNK["cpu"] == 16
+    with torch.no_grad():
+        assert torch.equal(model.opaque_from(rays_o, rays_d, t_start, t_end), fixed)
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),

@@ -317,6 +317,9 @@ class HashGrid(torch.nn.Module):
             self._plan = _Plan(self.resolutions, self.table_size, self.table.device)
         return self._plan
 
+    # Points per chunk at least, off the CPU (docs/benchmarks.md, bench_nerf_cuda_profile).
+    GPU_MIN_CHUNK = 1 << 19
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 2 or x.shape[1] != 3:
             raise SplatkitError(f"HashGrid expects points [N, 3], got {list(x.shape)}")
@@ -325,7 +328,10 @@ class HashGrid(torch.nn.Module):
         if x.device != self.table.device:
             raise SplatkitError(f"HashGrid points are on {x.device}, its table on {self.table.device}")
         x = x.to(self.table.dtype).contiguous()
-        return _HashGridFunction.apply(x, self.table, self._get_plan(), int(self.config.chunk_size))
+        chunk = int(self.config.chunk_size)
+        if x.device.type != "cpu":  # on a GPU, launches cost more than memory (~2 KB per point at 16 levels)
+            chunk = max(chunk, self.GPU_MIN_CHUNK)
+        return _HashGridFunction.apply(x, self.table, self._get_plan(), chunk)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -224,6 +224,10 @@ class NerfModel(torch.nn.Module):
     :meth:`render` has the signature every method's evaluation model has
     (:mod:`splatkit.methods.scoring`)."""
 
+    # Largest chunk (samples per ray) of the density-only pass that finds where training rays turn
+    # opaque, per device type (see opaque_from); measured in docs/benchmarks.md (bench_nerf_cuda_profile).
+    OPAQUE_MAX_CHUNK = {"cpu": 16, "cuda": 256}
+
     def __init__(self, config: NerfConfig):
         super().__init__()
         from nerfacc import OccGridEstimator  # pure-Python part of nerfacc: no CUDA is loaded
@@ -292,10 +296,16 @@ class NerfModel(torch.nn.Module):
 
     @torch.no_grad()
     def opaque_from(self, rays_o: Tensor, rays_d: Tensor, t_start: Tensor, t_end: Tensor,
-                    chunk_samples: int = 16) -> Tensor:
+                    chunk_samples: int = 16, max_chunk_samples: Optional[int] = None) -> Tensor:
         """Where each ray's transmittance falls below ``early_stop_eps`` (at the end of the chunk
         of samples it happens in), else ``t_end``: the same samples up to there as marching
-        ``[t_start, t_end)`` (the lattice continues from chunk to chunk)."""
+        ``[t_start, t_end)`` (the lattice continues from chunk to chunk). Chunks double up to
+        ``max_chunk_samples`` (default :attr:`OPAQUE_MAX_CHUNK` of the device): on a CPU every
+        sample costs, so chunks stay small; on a GPU every round trip costs (each chunk waits for
+        the last), so they grow."""
+        if max_chunk_samples is None:
+            max_chunk_samples = self.OPAQUE_MAX_CHUNK.get(rays_o.device.type, chunk_samples)
+        max_chunk_samples = max(chunk_samples, max_chunk_samples)
         t_cur, stop = t_start.clone(), t_end.clone()
         log_t = torch.zeros_like(t_start)  # log transmittance
         log_eps = float(np.log(self.config.early_stop_eps))
@@ -311,6 +321,7 @@ class NerfModel(torch.nn.Module):
             opaque = log_t[alive] < log_eps
             stop[alive[opaque]] = ps.t_next[opaque]
             alive = alive[(ps.t_next < t_end[alive]) & ~opaque]
+            chunk_samples = min(2 * chunk_samples, max_chunk_samples)
         return torch.minimum(stop, t_end)
 
     @torch.no_grad()
