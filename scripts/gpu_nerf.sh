@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Issue #13's GPU figures in one go, for a session that has a CUDA GPU (about 8 minutes on an H200):
+# Issue #13's GPU figures in one go, for a session that has a CUDA GPU (about 9 minutes on an H200):
 #   1. nerfacc's first-call JIT build (timed), then the CUDA tests: nerfacc's marching and packed
 #      rendering against the PyTorch references, and NeRF / HollowNeRF training on the GPU whose
 #      checkpoints render the same on a CPU;
-#   2. scripts/bench_nerf.py on CUDA for 1 minute, twice side by side: the `nerf` preset (sized for a
-#      CPU) and Instant-NGP's sizes (4096 rays, 16 levels to 2048 cells, 2^19 entries, 128^3
-#      occupancy grid), written as the sections bench_nerf_cuda and bench_nerf_cuda_ngp;
-#   3. scripts/profile_nerf_step.py: steps/s of the two launch-bound chunk sizes (opaque pass,
+#   2. scripts/profile_nerf_step.py: steps/s of the two launch-bound chunk sizes (opaque pass,
 #      hash encoding) at both sizes, where a step's time goes, torch.profiler's top operators;
+#   3. scripts/bench_nerf.py on CUDA for 1 minute, three runs side by side: the `nerf` preset (sized
+#      for a CPU), Instant-NGP's sizes (4096 rays, 16 levels to 2048 cells, 2^19 entries, 128^3
+#      occupancy grid) and the preset at 4096 rays, written as the sections bench_nerf_cuda,
+#      bench_nerf_cuda_ngp and bench_nerf_cuda_rays4096;
 #   4. scripts/bench_nerf_hollow.py on CUDA: plain 2^19 / 2^17 grids and HollowNeRF at 2^17 / 2^16,
 #      eight runs side by side on the one GPU at the demo's 200x150, each with the step count that
-#      ~2.5 minutes hold at the rate step 2 measured (a wall-clock guard stops a slower run), then
+#      ~2.5 minutes hold at the rate step 3 measured (a wall-clock guard stops a slower run), then
 #      gathered into the section bench_nerf_hollow_cuda.
 #
 # Needs a Python whose torch has CUDA, the package's dependencies and a CUDA toolkit (nerfacc
@@ -59,22 +60,27 @@ fi
 NGP=(nerf_rays=4096 nerf_levels=16 nerf_max_resolution=2048 nerf_log2_hashmap_size=19 nerf_occ_resolution=128)
 if want profile; then
 say "profile_nerf_step: chunk sizes at the preset's and Instant-NGP's sizes, one process at a time"
-timeout 150 "$PY" scripts/profile_nerf_step.py --device cuda --opaque 16 64 256 --hash 32768 524288 --phases \
+# The defaults first: --phases and --profile look at the first variant.
+timeout 150 "$PY" scripts/profile_nerf_step.py --device cuda --opaque 256 16 --hash 524288 32768 --phases \
     --profile 5 --out /tmp/profile_nerf --write > "$LOG/profile.log" 2>&1
-timeout 120 "$PY" scripts/profile_nerf_step.py --device cuda --opaque 16 256 --hash 32768 524288 --set "${NGP[@]}" \
+timeout 90 "$PY" scripts/profile_nerf_step.py --device cuda --opaque 256 --hash 524288 --phases --set "${NGP[@]}" \
     --section profile_nerf_step_cuda_ngp --out /tmp/profile_nerf --write > "$LOG/profile_ngp.log" 2>&1
 grep -h "^| [0-9]" "$LOG/profile.log" "$LOG/profile_ngp.log" || tail -n 20 "$LOG/profile.log" "$LOG/profile_ngp.log"
 say "profile done"
 fi
 
 if want bench; then
-say "bench_nerf: nerf preset and Instant-NGP sizes, 1 minute each, side by side"
+say "bench_nerf: nerf preset, Instant-NGP sizes and the preset at 4096 rays, 1 minute each, side by side"
 timeout 240 "$PY" scripts/bench_nerf.py --device cuda --minutes 1 --seeds 0 --replans 0 --threads 2 \
     --out /tmp/bench_nerf_cuda --write > "$LOG/bench_nerf.log" 2>&1 &
 timeout 240 "$PY" scripts/bench_nerf.py --device cuda --minutes 1 --seeds 0 --replans 0 --threads 2 --set "${NGP[@]}" \
     --section bench_nerf_cuda_ngp --out /tmp/bench_nerf_cuda_ngp --write > "$LOG/bench_nerf_ngp.log" 2>&1 &
+# The preset with 4096 rays: a launch-bound GPU step costs about the same at 4x the rays (a CUDA
+# preset candidate).
+timeout 240 "$PY" scripts/bench_nerf.py --device cuda --minutes 1 --seeds 0 --replans 0 --threads 2 --set nerf_rays=4096 \
+    --section bench_nerf_cuda_rays4096 --out /tmp/bench_nerf_cuda_rays4096 --write > "$LOG/bench_nerf_rays4096.log" 2>&1 &
 wait
-grep -h "^| 1 min" "$LOG/bench_nerf.log" "$LOG/bench_nerf_ngp.log" || tail -n 20 "$LOG/bench_nerf.log" "$LOG/bench_nerf_ngp.log"
+grep -h "^| 1 min" "$LOG"/bench_nerf*.log || tail -n 20 "$LOG"/bench_nerf*.log
 say "bench_nerf done"
 fi
 want hollow || { say "all done"; exit 0; }
