@@ -317,7 +317,7 @@ class HashGrid(torch.nn.Module):
             self._plan = _Plan(self.resolutions, self.table_size, self.table.device)
         return self._plan
 
-    # Points per chunk at least, off the CPU (docs/benchmarks.md, bench_nerf_cuda_profile).
+    # Points per chunk at least, off the CPU (docs/benchmarks.md, profile_nerf_step_cuda).
     GPU_MIN_CHUNK = 1 << 19
 
     def forward(self, x: Tensor) -> Tensor:

@@ -225,7 +225,7 @@ class NerfModel(torch.nn.Module):
     (:mod:`splatkit.methods.scoring`)."""
 
     # Largest chunk (samples per ray) of the density-only pass that finds where training rays turn
-    # opaque, per device type (see opaque_from); measured in docs/benchmarks.md (bench_nerf_cuda_profile).
+    # opaque, per device type (see opaque_from); measured in docs/benchmarks.md (profile_nerf_step_cuda).
     OPAQUE_MAX_CHUNK = {"cpu": 16, "cuda": 256}
 
     def __init__(self, config: NerfConfig):
