@@ -329,7 +329,7 @@ class HashGrid(torch.nn.Module):
             raise SplatkitError(f"HashGrid points are on {x.device}, its table on {self.table.device}")
         x = x.to(self.table.dtype).contiguous()
         chunk = int(self.config.chunk_size)
-        if x.device.type != "cpu":  # on a GPU, launches cost more than memory (~2 KB per point at 16 levels)
+        if x.device.type != "cpu":  # on a GPU launches cost more than memory (~4 KB per point at 16 levels)
             chunk = max(chunk, self.GPU_MIN_CHUNK)
         return _HashGridFunction.apply(x, self.table, self._get_plan(), chunk)
 
