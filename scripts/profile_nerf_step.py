@@ -41,7 +41,6 @@ from bench_nerf import Setup, _config, _scene  # noqa: E402  (scripts/ is on sys
 from benchdoc import machine_info, write_section  # noqa: E402
 
 import splatkit.methods.nerf as nerf_method  # noqa: E402
-import splatkit.train.trainer as trainer_mod  # noqa: E402
 from splatkit.models.hashgrid import HashGrid  # noqa: E402
 from splatkit.models.nerf_field import NerfField, NerfModel  # noqa: E402
 from splatkit.render import volume  # noqa: E402
@@ -94,7 +93,7 @@ def install_phases(timer: PhaseTimer) -> None:
     timer.wrap(volume, "render", "render")
     timer.wrap(torch.Tensor, "backward", "backward")
     timer.wrap(nerf_method.Nerf, "optimizer_step", "Adam")
-    timer.wrap(trainer_mod.Trainer, "_check_finite", "finite")
+    timer.wrap(Trainer, "_check_finite", "finite")
 
 
 def run_variant(setup: Setup, out: Path, opaque: int, hash_chunk: int, warmup: int, steps: int,
