@@ -16,7 +16,10 @@ quarter of the demo's pixels, so that a table fits a few CPU minutes). Every run
 HollowNeRF runs add ``hollow=true hollow_budget=B``. Parameters: the trained field's (hash table +
 MLPs, + the saliency grid for HollowNeRF), and for HollowNeRF also what its compact export keeps
 (table rows only pruned cells reach and saliency values no kept cell reads dropped; the rendered
-views are unchanged by it, tests/test_nerf_hollow.py). Issue #13's target (the paper's claim):
+views are unchanged by it, tests/test_nerf_hollow.py). Every run's row is kept in
+``docs/results/bench_nerf_hollow.json`` under its settings: the table gathers the rows of every
+invocation with the same settings (runs side by side, machines since gone), and a restarted one
+skips what is there. Issue #13's target (the paper's claim):
 HollowNeRF at <= 31% of the parameters of the 2^19 plain grid scores >= its PSNR - 0.1 dB.
 """
 
@@ -33,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchdoc import load_average, machine_info, mean_std, write_section  # noqa: E402
+from benchdoc import load_average, load_results, machine_info, mean_std, record_result, write_section  # noqa: E402
 
 from bench_nerf import train_within  # noqa: E402
 from splatkit.render.cpu_backend import set_kernel_threads  # noqa: E402
@@ -41,6 +44,22 @@ from splatkit.train import resolve_config  # noqa: E402
 from splatkit.train.trainer import Trainer  # noqa: E402
 
 SECTION = "bench_nerf_hollow"
+# Every run's row goes into docs/results/bench_nerf_hollow.json (committed) under its settings, so
+# a table survives the machine its runs were measured on and a restarted invocation skips them.
+LEDGER = "bench_nerf_hollow"
+
+
+def settings_key(args) -> str:
+    """What makes rows comparable: the scene, the schedule and HollowNeRF's shared settings."""
+    return (f"{torch.device(args.device).type}/{args.steps}steps/{args.width}x{args.height}/{args.rays}rays/"
+            f"{args.march_steps}march/{args.levels}levels-{args.max_resolution}/lr{args.hollow_lr:g}/"
+            f"init{args.hollow_init:g}/rho{args.rho if args.rho is not None else 'default'}/"
+            f"rhodec{args.rho_decoupled if args.rho_decoupled is not None else 'default'}")
+
+
+def row_key(settings: str, r: dict) -> str:
+    what = (f"hollow{r['budget']:g}-{r.get('solver') or 'adam'}" if r["hollow"] else "plain")
+    return f"{settings}/{what}-2^{r['log2_t']}/seed{r.get('seed', 0)}"
 
 
 def _scene(root: Path, width: int, height: int) -> Path:
@@ -110,6 +129,8 @@ def main() -> None:
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop a run after this much training (its steps column says where); default: none")
     ap.add_argument("--section", default=SECTION, help="docs/benchmarks.md section to write")
+    ap.add_argument("--title", default="", help="words added to the section's heading (another section than the "
+                    "main one: what sets its runs apart)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch and kernel threads per run (1: runs side by side, one per core)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_nerf_hollow"))
@@ -133,12 +154,18 @@ def main() -> None:
     def key(r):  # a row: table size, model, seed
         return r["log2_t"], r["hollow"], variant(r), r.get("seed", 0)
 
-    rows: list[dict] = []
+    settings = settings_key(args)
+    rows: list[dict] = [r for k, r in load_results(LEDGER).items() if k.startswith(settings + "/")]
+    if rows:
+        print(f"the ledger has {len(rows)} rows with these settings")
     for path in args.reuse:  # rows of earlier runs of this script (same scene and settings)
         got = [r for r in json.loads(path.read_text()) if key(r) not in {key(q) for q in rows}]
         rows += got
+        for r in got:
+            record_result(LEDGER, row_key(settings, r), r)
         print(f"reusing {len(got)} rows from {path}")
     done = {key(r) for r in rows}
+    ran = 0
     root.mkdir(parents=True, exist_ok=True)
     for seed in [] if args.report_only else args.seeds:
         runs = [(False, None, k) for k in args.plain] + [(True, (b, s), k) for s in args.solver
@@ -154,6 +181,8 @@ def main() -> None:
                         solver or "adam", args.device, args.max_minutes and args.max_minutes * 60)
             r.update(seed=seed, budget=budget, solver=solver)
             rows.append(r)
+            ran += 1
+            record_result(LEDGER, row_key(settings, r), r)
             print(label, k, seed, r, flush=True)
             (root / "rows.json").write_text(json.dumps(rows, indent=1))
     groups: dict[tuple, list[dict]] = {}
@@ -199,9 +228,11 @@ def main() -> None:
     rho_used = RHO_BY_SOLVER["adam"] if args.rho is None else args.rho
     rho_decoupled = RHO_BY_SOLVER["decoupled"] if args.rho_decoupled is None else args.rho_decoupled
     minutes = (time.time() - t_start) / 60
+    earlier = len(rows) - ran  # rows of the ledger or of --reuse files, measured by earlier invocations
     when = (f"load average {load if load is None else round(load, 1)} at the start, {minutes:.0f} min in all"
-            if not args.reuse else f"rows gathered from {len(args.reuse)} earlier invocations with the same "
-            "settings (--reuse; two side by side, one per core)")
+            if not earlier else f"{ran} of the {len(rows)} rows run by this invocation, the others gathered from "
+            "earlier ones with the same settings (docs/results/bench_nerf_hollow.json; runs side by side, one "
+            "per core)")
     cpu_min = sum(r["cpu_s"] for r in rows) / 60  # process CPU time of each run (training + scoring)
     all_seeds = sorted({r.get("seed", 0) for r in rows})
     plain_sizes = sorted({k for h, _, _, k in groups if not h})
@@ -213,7 +244,10 @@ def main() -> None:
         guarded = f", each stopped after at most {args.max_minutes:g} min of training" if args.max_minutes else ""
         when = (f"{len(args.reuse)} runs side by side on the one GPU (one process each, gathered with "
                 f"--reuse){guarded}" if args.reuse else when)
-    header = "## HollowNeRF pruning vs plain hash grids (synthetic scene" + (f", {args.device})" if gpu else ")")
+    # The main CPU section carries the provenance and tuning notes; other sections point to it.
+    brief = gpu or args.section != SECTION
+    title = ", ".join(t for t in ("synthetic scene", args.device if gpu else "", args.title) if t)
+    header = f"## HollowNeRF pruning vs plain hash grids ({title})"
     text = "\n".join([
         header,
         "",
@@ -225,7 +259,8 @@ def main() -> None:
         f"{args.max_resolution}{' --rho ' + format(args.rho, 'g') if args.rho else ''}"
         f"{' --solver ' + ' '.join(solvers) if solvers != ['adam'] else ''}"
         f"{' --rho-decoupled ' + format(args.rho_decoupled, 'g') if args.rho_decoupled else ''}"
-        f"{guard if gpu else ''} --write` on {machine_info()}; {when}{'. ' if gpu else '; '}"
+        f"{guard if gpu else ''}{'' if args.section == SECTION else ' --section ' + args.section}"
+        f"{' --title ' + repr(args.title) if args.title else ''} --write` on {machine_info()}; {when}{'. ' if gpu else '; '}"
         + ("" if gpu else f"{cpu_min:.0f} CPU-min of training and scoring for these rows (a shared machine: training "
            "times are wall-clock and noisy). ")
         + "The demo's scene (seed 0, 42 train / "
@@ -255,8 +290,8 @@ def main() -> None:
         "collision mitigation (hash-table rows shared with empty space stop serving it once its saliency is "
         "zero). The 'vs plain, same T' column is that gain, against the plain grid's mean over its seeds; single-"
         "seed rows are indicative only, since a seed moves one of these runs by about the std shown. "
-        + ("The CPU section above says which details came from the paper and which are ours, and how the "
-           "settings were tuned." if gpu else
+        + ("The section \"HollowNeRF pruning vs plain hash grids (synthetic scene)\" says which details "
+           "came from the paper and which are ours, and how the settings were tuned." if brief else
            "These are short CPU runs (the paper trains 300k steps on a GPU); they compare the models at equal "
            "steps. From the paper: the saliency grid "
         "(64^3, trilinear + sigmoid, multiplying the hash features), the soft zero-skip gate tanh(alpha ||v||) "
@@ -271,7 +306,7 @@ def main() -> None:
         f"rho = {rho_decoupled:g}) apply the augmented Lagrangian's pull on the logits beside Adam, as AdamW "
         "decouples weight decay, instead of through it (splatkit/models/hollow.py says why); every other row "
         "uses the paper's single Adam."),
-    ] + ([] if gpu else [
+    ] + ([] if brief else [
         "",
         "Tuning before this table (16 levels up to 1024, 100x75, 512 rays, 300 steps; not rows here). "
         "rho, at 2^14: rho = 1 pruned 99.9% of the "
