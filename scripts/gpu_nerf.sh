@@ -18,7 +18,8 @@
 # JIT-compiles its kernels on first use):
 #     PYTHON=python3 bash scripts/gpu_nerf.sh
 # (scripts/setup.sh installs the CPU wheel of torch: on a GPU machine use a CUDA build of torch.)
-# Logs go to $GPU_LOG (default /tmp/gpu_nerf); docs/benchmarks.md is updated in place.
+# Logs go to $GPU_LOG (default /tmp/gpu_nerf); docs/benchmarks.md and the HollowNeRF runs' ledger
+# docs/results/bench_nerf_hollow.json are updated in place (bring both back from a lent machine).
 # STAGES (default "tests bench profile hollow") picks the parts to run; nerfacc is always built.
 set -uo pipefail
 cd "$(dirname "$0")/.."
