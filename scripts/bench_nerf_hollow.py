@@ -104,6 +104,47 @@ def run_one(scene: Path, out: Path, log2_t: int, steps: int, hollow: bool, budge
     return row
 
 
+def summarize(rows: list[dict], gpu: bool = False) -> tuple[dict, list[str], list[str], float | None]:
+    """The table of ``rows`` (one line per table size and model, means over seeds), the rows that
+    meet issue #13's target, and the 2^19 plain grid's mean PSNR (``None`` without one)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: (r["hollow"], r.get("solver") or "adam", r.get("budget") or 0, r["log2_t"],
+                                         r.get("seed", 0))):
+        groups.setdefault((r["hollow"], r.get("budget") or 0, r.get("solver") or "adam", r["log2_t"]), []).append(r)
+    ref_rows = groups.get((False, 0, "adam", 19))
+
+    def mean_of(rs, field):
+        return sum(r[field] for r in rs) / len(rs)
+
+    ref_psnr = mean_of(ref_rows, "psnr") if ref_rows else None
+    ref_params = ref_rows[0]["params"] if ref_rows else None
+
+    def pct(n):
+        return f"{100 * n / ref_params:.0f}%" if ref_params else "n/a"
+
+    table, met = [], []
+    for (hollow, budget, solver, k), rs in groups.items():
+        psnr = mean_of(rs, "psnr")
+        final = round(mean_of(rs, "params_export")) if hollow else rs[0]["params"]
+        what = (f"HollowNeRF, budget {budget:g}{', decoupled' if solver == 'decoupled' else ''}" if hollow
+                else "plain")
+        rows_kept = (f"{100 * mean_of(rs, 'table_rows') / rs[0]['table_rows_total']:.1f}%" if hollow else "all")
+        pruned = (f"{mean_of(rs, 'mass'):.3f} / {100 * mean_of(rs, 'kept_cells'):.0f}%" if hollow else "-")
+        delta = f"{psnr - ref_psnr:+.2f}" if ref_psnr is not None else "n/a"
+        same_t = groups.get((False, 0, "adam", k)) if hollow else None  # the plain grid of the same size
+        vs_plain = f"{psnr - mean_of(same_t, 'psnr'):+.2f}" if same_t else "-"
+        seeds = ", ".join(str(r.get("seed", 0)) for r in rs)
+        trained = f"{mean_of(rs, 'train_s'):.0f} s"
+        if gpu:  # GPU runs stop at a wall-clock guard: say how far each got
+            trained = "/".join(format(r["steps"], ",") for r in rs) + f" steps, {trained}"
+        table.append(f"| 2^{k} | {what} | {seeds} | {trained} | {mean_std([r['psnr'] for r in rs])} "
+                     f"({delta}) | {vs_plain} | {rs[0]['params']:,} | {rows_kept} | {final:,} ({pct(final)}) | {pruned} | "
+                     f"{mean_of(rs, 'samples'):,.0f} |")
+        if hollow and ref_psnr is not None and final <= 0.31 * ref_params and psnr >= ref_psnr - 0.1:
+            met.append(f"2^{k} at budget {budget:g}, {solver} solver ({pct(final)} of the parameters, {psnr - ref_psnr:+.2f} dB)")
+    return groups, table, met, ref_psnr
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1500)
@@ -185,42 +226,8 @@ def main() -> None:
             record_result(LEDGER, row_key(settings, r), r)
             print(label, k, seed, r, flush=True)
             (root / "rows.json").write_text(json.dumps(rows, indent=1))
-    groups: dict[tuple, list[dict]] = {}
-    for r in sorted(rows, key=lambda r: (r["hollow"], r.get("solver") or "adam", r.get("budget") or 0, r["log2_t"],
-                                         r.get("seed", 0))):
-        groups.setdefault((r["hollow"], r.get("budget") or 0, r.get("solver") or "adam", r["log2_t"]), []).append(r)
-    ref_rows = groups.get((False, 0, "adam", 19))
-
-    def mean_of(rs, field):
-        return sum(r[field] for r in rs) / len(rs)
-
-    ref_psnr = mean_of(ref_rows, "psnr") if ref_rows else None
-    ref_params = ref_rows[0]["params"] if ref_rows else None
-
-    def pct(n):
-        return f"{100 * n / ref_params:.0f}%" if ref_params else "n/a"
-
-    table, met = [], []
     gpu = torch.device(args.device).type == "cuda"
-    for (hollow, budget, solver, k), rs in groups.items():
-        psnr = mean_of(rs, "psnr")
-        final = round(mean_of(rs, "params_export")) if hollow else rs[0]["params"]
-        what = (f"HollowNeRF, budget {budget:g}{', decoupled' if solver == 'decoupled' else ''}" if hollow
-                else "plain")
-        rows_kept = (f"{100 * mean_of(rs, 'table_rows') / rs[0]['table_rows_total']:.1f}%" if hollow else "all")
-        pruned = (f"{mean_of(rs, 'mass'):.3f} / {100 * mean_of(rs, 'kept_cells'):.0f}%" if hollow else "-")
-        delta = f"{psnr - ref_psnr:+.2f}" if ref_psnr is not None else "n/a"
-        same_t = groups.get((False, 0, "adam", k)) if hollow else None  # the plain grid of the same size
-        vs_plain = f"{psnr - mean_of(same_t, 'psnr'):+.2f}" if same_t else "-"
-        seeds = ", ".join(str(r.get("seed", 0)) for r in rs)
-        trained = f"{mean_of(rs, 'train_s'):.0f} s"
-        if gpu:  # GPU runs stop at a wall-clock guard: say how far each got
-            trained = "/".join(format(r["steps"], ",") for r in rs) + f" steps, {trained}"
-        table.append(f"| 2^{k} | {what} | {seeds} | {trained} | {mean_std([r['psnr'] for r in rs])} "
-                     f"({delta}) | {vs_plain} | {rs[0]['params']:,} | {rows_kept} | {final:,} ({pct(final)}) | {pruned} | "
-                     f"{mean_of(rs, 'samples'):,.0f} |")
-        if hollow and ref_psnr is not None and final <= 0.31 * ref_params and psnr >= ref_psnr - 0.1:
-            met.append(f"2^{k} at budget {budget:g}, {solver} solver ({pct(final)} of the parameters, {psnr - ref_psnr:+.2f} dB)")
+    groups, table, met, ref_psnr = summarize(rows, gpu)
     verdict = ("n/a (no plain 2^19 run)" if ref_psnr is None
                else "**met** by " + ", ".join(met) if met else "not met in these runs")
     from splatkit.models.hollow import RHO_BY_SOLVER
@@ -277,7 +284,8 @@ def main() -> None:
         "HollowNeRF's compact export (hash-table rows that only pruned cells reach and saliency values that no "
         "kept cell reads dropped; renders unchanged), as a share of the 2^19 plain grid. Saliency: the grid's "
         "mean sigmoid (the ADMM-constrained L1 mass) / kept saliency cells at the end. Samples: marched samples "
-        "per step, mean over the second half.",
+        "per step, mean over the second half. Per-run figures: `docs/results/bench_nerf_hollow.json`, "
+        f"settings `{settings}`.",
         "",
         "| T | model | seeds | training time | test PSNR (vs 2^19 plain) | vs plain, same T | parameters trained "
         "| table rows kept | parameters after export | saliency mass / kept cells | samples / step |",
