@@ -219,7 +219,7 @@ def main() -> None:
         "",
         f"`python scripts/nerf_hash_load.py {' '.join(str(r) for r in args.runs)} --views {args.views} --every "
         f"{args.every} --weight-eps {' '.join(f'{e:g}' for e in args.weight_eps)} --sizes {' '.join(map(str, args.sizes))} --saliency {' '.join(map(str, args.saliency))} --keep-weight {args.keep_weight:g} --write` on "
-        f"{machine_info()}. The {args.views} views' rays (every {args.every}. pixel) marched as a training step "
+        f"{machine_info()}. The {args.views} views' rays (one pixel in {args.every}) marched as a training step "
         "marches them (occupancy grid, jittered start, stopped where each ray turns opaque); per level, the "
         "distinct grid vertices at the trilinear corners of all samples and of those whose volume-rendering "
         "weight w is at least each threshold (the larger the threshold, the more only what the pixels are made "
