@@ -293,8 +293,8 @@ def main() -> None:
         *table,
         "",
         f"Issue #13's target (the paper's claim: HollowNeRF at <= 31% of the 2^19 grid's parameters within 0.1 dB "
-        f"of its PSNR): {verdict}. A plain grid of HollowNeRF's size is itself below the 2^19 grid (the plain 2^17 "
-        "row), so the target asks the saliency grid to win that difference back: the paper's mechanism is "
+        f"of its PSNR): {verdict}. A plain grid of HollowNeRF's size is itself below the 2^19 grid (the plain rows of "
+        "smaller T), so the target asks the saliency grid to win that difference back: the paper's mechanism is "
         "collision mitigation (hash-table rows shared with empty space stop serving it once its saliency is "
         "zero). The 'vs plain, same T' column is that gain, against the plain grid's mean over its seeds; single-"
         "seed rows are indicative only, since a seed moves one of these runs by about the std shown. "
