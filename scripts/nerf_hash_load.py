@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchdoc import machine_info, write_section  # noqa: E402
 
 SECTION = "nerf_hash_load"
+# The 8 corners of a cell, corner c = 4i + 2j + k (the order of splatkit.models.hashgrid._corners).
+_CORNERS = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=torch.long)
 
 
 def vertex_keys(u: torch.Tensor, res: int) -> torch.Tensor:
@@ -42,8 +44,7 @@ def vertex_keys(u: torch.Tensor, res: int) -> torch.Tensor:
     ``res`` (points in ``[0, 1]^3``; the cell convention of :mod:`splatkit.models.hashgrid`)."""
     pos = u.clamp(0.0, 1.0).double() * res
     cell = torch.minimum(pos.floor(), torch.tensor(float(res - 1), dtype=pos.dtype)).long()
-    corners = torch.tensor([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=torch.long)
-    v = cell[:, None, :] + corners[None]  # [n, 8, 3]
+    v = cell[:, None, :] + _CORNERS[None]  # [n, 8, 3]
     n1 = res + 1
     return ((v[..., 0] * n1 + v[..., 1]) * n1 + v[..., 2]).reshape(-1)
 
@@ -158,7 +159,7 @@ def hash_load(run_dir: Path, split: str = "train", every: int = 1, weight_eps: t
                 for S in saliency:
                     kept_v[S][lvl].add(keys[in_core[S]].reshape(-1))
     occ = float(model.estimator.binaries.float().mean())
-    levels = [{"res": res, "dense": plan.dense[lvl], "all": len(all_v[lvl]), "hot": [len(h[lvl]) for h in hot_v],
+    levels = [{"res": res, "all": len(all_v[lvl]), "hot": [len(h[lvl]) for h in hot_v],
                "kept": {S: len(kept_v[S][lvl]) for S in saliency} if lvl in hashed else {},
                "occupied": round(occ * (res + 1) ** 3)} for lvl, res in enumerate(res_list)]
     return {"run": str(run_dir), "table_size": plan.table_size, "levels": levels, "samples": n_samples,
@@ -241,7 +242,6 @@ def main() -> None:
                   + "".join(f"; {100 * f:.2f}% of the {S}^3 cells hold {100 * args.keep_weight:g}% of the rays' weight"
                             for S, f in r["kept_cells"].items()) + f"; {r['seconds']:.0f} s.",
                   ""] + table(r, args.sizes, args.weight_eps)
-        print("\n".join(parts[-(len(r["levels"]) + 2):]))
     if args.note:
         parts += ["", args.note]
     text = "\n".join(parts)
