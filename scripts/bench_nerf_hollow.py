@@ -58,7 +58,8 @@ def settings_key(args) -> str:
 
 
 def row_key(settings: str, r: dict) -> str:
-    what = (f"hollow{r['budget']:g}-{r.get('solver') or 'adam'}" if r["hollow"] else "plain")
+    what = (f"hollow{r['budget']:g}-{r.get('solver') or 'adam'}" if r["hollow"]
+            else f"prune{r['prune']:g}-{r['scope']}-{r['window']}" if r.get("prune") else "plain")
     return f"{settings}/{what}-2^{r['log2_t']}/seed{r.get('seed', 0)}"
 
 
@@ -73,7 +74,8 @@ def _scene(root: Path, width: int, height: int) -> Path:
 
 def run_one(scene: Path, out: Path, log2_t: int, steps: int, hollow: bool, budget: float, seed: int,
             rays: int, march_steps: int, hollow_lr: float, rho: float | None, hollow_init: float, levels: int,
-            max_resolution: int, solver: str = "adam", device: str = "cpu", max_seconds: float | None = None) -> dict:
+            max_resolution: int, solver: str = "adam", device: str = "cpu", max_seconds: float | None = None,
+            prune: tuple[float, str, float, float] | None = None) -> dict:
     values = {"data": scene, "method": "nerf", "steps": steps, "seed": seed, "out": out, "device": device,
               "checkpoint_every": 0, "preview_every": 0, "log_every": 25, "nerf_log2_hashmap_size": log2_t,
               "nerf_rays": rays, "nerf_march_steps": march_steps,
@@ -83,6 +85,10 @@ def run_one(scene: Path, out: Path, log2_t: int, steps: int, hollow: bool, budge
                        "hollow_solver": solver})
         if rho is not None:
             values["hollow_rho"] = rho
+    if prune is not None:  # gradual magnitude pruning of the table (splatkit/models/table_prune.py)
+        keep, scope, start, end = prune
+        values.update({"nerf_prune_keep": keep, "nerf_prune_scope": scope, "nerf_prune_start": start,
+                       "nerf_prune_end": end})
     trainer = Trainer(resolve_config(values, preset="nerf"), quiet=True)
     t0 = time.process_time()
     summary = train_within(trainer, max_seconds)  # a wall-clock guard for leased GPU time
@@ -94,24 +100,37 @@ def run_one(scene: Path, out: Path, log2_t: int, steps: int, hollow: bool, budge
            "params": trainer.method.num_primitives,
            # (a run the wall-clock guard stopped before its first log record: the last step's count)
            "samples": sum(r["samples"] for r in late) / len(late) if late else trainer.method.last_samples}
+    if hollow or prune is not None:
+        exp = summary["compact_export"]
+        row.update({"params_export": exp["parameters"], "table_rows": exp["table_rows"],
+                    "table_rows_total": exp["table_rows_total"]})
     if hollow:
-        exp = summary["hollow_export"]
         sal = trainer.method.model.field.saliency  # its state at the last step
         with torch.no_grad():
-            mass, kept = float(sal.mass()), float(sal.kept_cells().float().mean())
-        row.update({"params_export": exp["parameters"], "table_rows": exp["table_rows"],
-                    "table_rows_total": exp["table_rows_total"], "mass": mass, "kept_cells": kept})
+            row.update({"mass": float(sal.mass()), "kept_cells": float(sal.kept_cells().float().mean())})
+    if prune is not None:
+        row.update({"prune": prune[0], "scope": prune[1], "window": f"{prune[2]:g}-{prune[3]:g}"})
     return row
+
+
+def model_of(r: dict) -> tuple:
+    """A row's model: (kind, its settings); kinds in table order (0 plain, 1 HollowNeRF, 2 pruned)."""
+    if r["hollow"]:
+        return 1, r.get("budget") or 0, r.get("solver") or "adam"
+    if r.get("prune"):
+        return 2, r["prune"], f"{r['scope']} {r['window']}"
+    return 0, 0, "adam"
+
 
 
 def summarize(rows: list[dict], gpu: bool = False) -> tuple[dict, list[str], list[str], float | None]:
     """The table of ``rows`` (one line per table size and model, means over seeds), the rows that
     meet issue #13's target, and the 2^19 plain grid's mean PSNR (``None`` without one)."""
     groups: dict[tuple, list[dict]] = {}
-    for r in sorted(rows, key=lambda r: (r["hollow"], r.get("solver") or "adam", r.get("budget") or 0, r["log2_t"],
+    for r in sorted(rows, key=lambda r: (model_of(r)[0], model_of(r)[2], model_of(r)[1], r["log2_t"],
                                          r.get("seed", 0))):
-        groups.setdefault((r["hollow"], r.get("budget") or 0, r.get("solver") or "adam", r["log2_t"]), []).append(r)
-    ref_rows = groups.get((False, 0, "adam", 19))
+        groups.setdefault((*model_of(r), r["log2_t"]), []).append(r)
+    ref_rows = groups.get((0, 0, "adam", 19))
 
     def mean_of(rs, field):
         return sum(r[field] for r in rs) / len(rs)
@@ -123,15 +142,16 @@ def summarize(rows: list[dict], gpu: bool = False) -> tuple[dict, list[str], lis
         return f"{100 * n / ref_params:.0f}%" if ref_params else "n/a"
 
     table, met = [], []
-    for (hollow, budget, solver, k), rs in groups.items():
+    for (kind, budget, solver, k), rs in groups.items():
+        hollow, compact = kind == 1, kind != 0
         psnr = mean_of(rs, "psnr")
-        final = round(mean_of(rs, "params_export")) if hollow else rs[0]["params"]
+        final = round(mean_of(rs, "params_export")) if compact else rs[0]["params"]
         what = (f"HollowNeRF, budget {budget:g}{', decoupled' if solver == 'decoupled' else ''}" if hollow
-                else "plain")
-        rows_kept = (f"{100 * mean_of(rs, 'table_rows') / rs[0]['table_rows_total']:.1f}%" if hollow else "all")
+                else f"magnitude-pruned to {100 * budget:g}% of rows ({solver})" if compact else "plain")
+        rows_kept = (f"{100 * mean_of(rs, 'table_rows') / rs[0]['table_rows_total']:.1f}%" if compact else "all")
         pruned = (f"{mean_of(rs, 'mass'):.3f} / {100 * mean_of(rs, 'kept_cells'):.0f}%" if hollow else "-")
         delta = f"{psnr - ref_psnr:+.2f}" if ref_psnr is not None else "n/a"
-        same_t = groups.get((False, 0, "adam", k)) if hollow else None  # the plain grid of the same size
+        same_t = groups.get((0, 0, "adam", k)) if compact else None  # the plain grid of the same size
         vs_plain = f"{psnr - mean_of(same_t, 'psnr'):+.2f}" if same_t else "-"
         seeds = ", ".join(str(r.get("seed", 0)) for r in rs)
         trained = f"{mean_of(rs, 'train_s'):.0f} s"
@@ -140,8 +160,9 @@ def summarize(rows: list[dict], gpu: bool = False) -> tuple[dict, list[str], lis
         table.append(f"| 2^{k} | {what} | {seeds} | {trained} | {mean_std([r['psnr'] for r in rs])} "
                      f"({delta}) | {vs_plain} | {rs[0]['params']:,} | {rows_kept} | {final:,} ({pct(final)}) | {pruned} | "
                      f"{mean_of(rs, 'samples'):,.0f} |")
-        if hollow and ref_psnr is not None and final <= 0.31 * ref_params and psnr >= ref_psnr - 0.1:
-            met.append(f"2^{k} at budget {budget:g}, {solver} solver ({pct(final)} of the parameters, {psnr - ref_psnr:+.2f} dB)")
+        if compact and ref_psnr is not None and final <= 0.31 * ref_params and psnr >= ref_psnr - 0.1:
+            how = f"at budget {budget:g}, {solver} solver" if hollow else f"magnitude-pruned to {100 * budget:g}% ({solver})"
+            met.append(f"2^{k} {how} ({pct(final)} of the parameters, {psnr - ref_psnr:+.2f} dB)")
     return groups, table, met, ref_psnr
 
 
@@ -159,6 +180,15 @@ def main() -> None:
                     help="hollow_solver (a row per value)")
     ap.add_argument("--rho-decoupled", type=float, default=None,
                     help="hollow_rho of the decoupled solver (default: the option's)")
+    ap.add_argument("--pruned", type=int, nargs="*", default=[],
+                    help="log2 table sizes, plain grids with gradual magnitude pruning (nerf_prune_keep < 1)")
+    ap.add_argument("--keep", type=float, nargs="+", default=[0.3],
+                    help="nerf_prune_keep of the --pruned rows (a row per value; 0.3 of the 2^19 grid's rows is "
+                    "30%% of its parameters)")
+    ap.add_argument("--scope", nargs="+", default=["global"], choices=["global", "level"],
+                    help="nerf_prune_scope (a row per value)")
+    ap.add_argument("--prune-window", type=float, nargs=2, default=[0.2, 0.5], metavar=("START", "END"),
+                    help="nerf_prune_start, nerf_prune_end")
     ap.add_argument("--width", type=int, default=100, help="scene width (the demo's: 200)")
     ap.add_argument("--height", type=int, default=75, help="scene height (the demo's: 150)")
     ap.add_argument("--rays", type=int, default=512, help="nerf_rays (preset: 1024)")
@@ -189,8 +219,12 @@ def main() -> None:
     load = load_average()
     t_start = time.time()
 
-    def variant(r):  # HollowNeRF's settings that make a row (None for plain grids)
-        return (r.get("budget"), r.get("solver", "adam")) if r["hollow"] else None
+    window = f"{args.prune_window[0]:g}-{args.prune_window[1]:g}"
+
+    def variant(r):  # HollowNeRF's or pruning's settings that make a row (None for plain grids)
+        if r["hollow"]:
+            return r.get("budget"), r.get("solver", "adam")
+        return ("prune", r["prune"], r["scope"], r["window"]) if r.get("prune") else None
 
     def key(r):  # a row: table size, model, seed
         return r["log2_t"], r["hollow"], variant(r), r.get("seed", 0)
@@ -209,17 +243,22 @@ def main() -> None:
     ran = 0
     root.mkdir(parents=True, exist_ok=True)
     for seed in [] if args.report_only else args.seeds:
-        runs = [(False, None, k) for k in args.plain] + [(True, (b, s), k) for s in args.solver
-                                                          for b in args.budget for k in args.hollow]
+        runs = ([(False, None, k) for k in args.plain] + [(True, (b, s), k) for s in args.solver
+                                                           for b in args.budget for k in args.hollow]
+                + [(False, ("prune", keep, scope, window), k) for scope in args.scope for keep in args.keep
+                   for k in args.pruned])
         for hollow, var, k in runs:
             if (k, hollow, var, seed) in done:
                 continue
-            budget, solver = var or (None, None)
-            label = f"hollow{budget:g}{'' if solver == 'adam' else '-' + solver}" if hollow else "plain"
+            pruning = var is not None and var[0] == "prune"
+            budget, solver = (None, None) if var is None or pruning else var
+            label = (f"hollow{budget:g}{'' if solver == 'adam' else '-' + solver}" if hollow
+                     else f"prune{var[1]:g}-{var[2]}" if pruning else "plain")
             rho = args.rho if solver == "adam" else args.rho_decoupled
             r = run_one(scene, root / f"{label}-2^{k}-seed{seed}", k, args.steps, hollow, budget, seed, args.rays,
                         args.march_steps, args.hollow_lr, rho, args.hollow_init, args.levels, args.max_resolution,
-                        solver or "adam", args.device, args.max_minutes and args.max_minutes * 60)
+                        solver or "adam", args.device, args.max_minutes and args.max_minutes * 60,
+                        prune=(var[1], var[2], *args.prune_window) if pruning else None)
             r.update(seed=seed, budget=budget, solver=solver)
             rows.append(r)
             ran += 1
@@ -242,10 +281,18 @@ def main() -> None:
             "per core)")
     cpu_min = sum(r["cpu_s"] for r in rows) / 60  # process CPU time of each run (training + scoring)
     all_seeds = sorted({r.get("seed", 0) for r in rows})
-    plain_sizes = sorted({k for h, _, _, k in groups if not h})
-    hollow_sizes = sorted({k for h, _, _, k in groups if h})
-    budgets = sorted({b for h, b, _, _ in groups if h}) or args.budget
-    solvers = sorted({s for h, _, s, _ in groups if h}) or args.solver
+    plain_sizes = sorted({k for h, _, _, k in groups if h == 0})
+    hollow_sizes = sorted({k for h, _, _, k in groups if h == 1})
+    budgets = sorted({b for h, b, _, _ in groups if h == 1}) or args.budget
+    solvers = sorted({s for h, _, s, _ in groups if h == 1}) or args.solver
+    pruned_sizes = sorted({k for h, _, _, k in groups if h == 2})
+    keeps = sorted({b for h, b, _, _ in groups if h == 2})
+    scopes = sorted({s.split()[0] for h, _, s, _ in groups if h == 2})
+    windows = sorted({s.split()[1] for h, _, s, _ in groups if h == 2})
+    prune_args = (f" --pruned {' '.join(map(str, pruned_sizes))} --keep {' '.join(f'{v:g}' for v in keeps)}"
+                  f"{' --scope ' + ' '.join(scopes) if scopes != ['global'] else ''}"
+                  f"{' --prune-window ' + windows[0].replace('-', ' ') if windows != ['0.2-0.5'] else ''}"
+                  if pruned_sizes else "")
     guard = f" --device {args.device}{f' --max-minutes {args.max_minutes:g}' if args.max_minutes else ''}"
     if gpu:
         guarded = f", each stopped after at most {args.max_minutes:g} min of training" if args.max_minutes else ""
@@ -265,7 +312,7 @@ def main() -> None:
         f"--rays {args.rays} --march-steps {args.march_steps} --levels {args.levels} --max-resolution "
         f"{args.max_resolution}{' --rho ' + format(args.rho, 'g') if args.rho else ''}"
         f"{' --solver ' + ' '.join(solvers) if solvers != ['adam'] else ''}"
-        f"{' --rho-decoupled ' + format(args.rho_decoupled, 'g') if args.rho_decoupled else ''}"
+        f"{' --rho-decoupled ' + format(args.rho_decoupled, 'g') if args.rho_decoupled else ''}{prune_args}"
         f"{guard if gpu else ''}{'' if args.section == SECTION else ' --section ' + args.section}"
         f"{' --title ' + repr(args.title) if args.title else ''} --write` on {machine_info()}; {when}{'. ' if gpu else '; '}"
         + ("" if gpu else f"{cpu_min:.0f} CPU-min of training and scoring for these rows (a shared machine: training "

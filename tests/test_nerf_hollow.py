@@ -283,7 +283,7 @@ def test_export_drops_rows_only_pruned_cells_reach_and_renders_the_same(tmp_path
     assert 0 < int(reached.sum()) < reached.numel()
 
     payload = model.to_payload(7, None, "nerf", compact=True)
-    info = payload["hollow_export"]
+    info = payload["compact_export"]
     assert info["table_rows"] == int(reached.sum()) < info["table_rows_total"]
     assert info["parameters"] < info["parameters_before"]
     torch.save(payload, tmp_path / "compact.pt")
@@ -332,7 +332,7 @@ def test_hollow_run_resumes_exactly_and_reports_its_export(scene_dir, tmp_path):
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert all("saliency_mass" in r and "hollow_admm" in r for r in log)
     summary = json.loads((run / "train_summary.json").read_text())
-    assert summary["hollow_export"]["parameters"] <= summary["hollow_export"]["parameters_before"]
+    assert summary["compact_export"]["parameters"] <= summary["compact_export"]["parameters_before"]
 
 
 def test_hollow_config_errors():

@@ -20,6 +20,7 @@ from splatkit.errors import SplatkitError
 from splatkit.methods import register_method
 from splatkit.methods.base import Batch, Method, ParamHook, RenderOutputs, load_optimizer_state
 from splatkit.models import hollow
+from splatkit.models.table_prune import TablePruner
 from splatkit.models.hashgrid import HashGridConfig
 from splatkit.models.nerf_field import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, NerfConfig, NerfModel, camera_rays, \
     scene_box
@@ -65,6 +66,7 @@ class Nerf(Method):
         super().__init__(config, device)
         self.model: Optional[NerfModel] = None
         self.last_samples = 0
+        self.pruner: Optional[TablePruner] = None
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -124,6 +126,13 @@ class Nerf(Method):
             groups.append({"params": [f.saliency.logits], "lr": self.config.hollow_lr, "name": "saliency",
                            "base_lr": self.config.hollow_lr})
         self.optimizers = {"field": torch.optim.Adam(groups, eps=ADAM_EPS, foreach=True)}
+        cfg = self.config
+        self.pruner = None
+        if cfg.nerf_prune_keep < 1:
+            grid = f.grid
+            self.pruner = TablePruner(grid.table, cfg.steps, cfg.nerf_prune_keep, cfg.nerf_prune_start,
+                                      cfg.nerf_prune_end, cfg.nerf_prune_every, cfg.nerf_prune_scope,
+                                      [grid.level_slice(level) for level in range(grid.n_levels)])
 
     def load_training_state(self, state: dict) -> None:
         load_optimizer_state(self.optimizers["field"], state["optimizers"]["field"])
@@ -194,6 +203,8 @@ class Nerf(Method):
         factor = lr_factor(step, self.config.steps)
         for group in opt.param_groups:
             group["lr"] = group.get("base_lr", self.config.nerf_lr) * factor
+        if self.pruner is not None:
+            self.pruner.before_step(step, opt)
         for o in (opt, *self.aux_optimizers.values()):
             o.step()
             o.zero_grad(set_to_none=True)
@@ -208,6 +219,8 @@ class Nerf(Method):
         occ = self.model.estimator.binaries
         stats = {"samples": self.last_samples, "occupied": float(occ.float().mean()),
                  "lr": self.optimizers["field"].param_groups[0]["lr"]}
+        if self.pruner is not None:
+            stats.update(self.pruner.stats())
         sal = self.model.field.saliency
         if sal is not None:
             with torch.no_grad():
@@ -216,10 +229,10 @@ class Nerf(Method):
         return stats
 
     def summary_stats(self, eval_model) -> dict:
-        """HollowNeRF: what a compact export keeps (table rows, parameters)."""
-        if eval_model.field.saliency is None:
+        """Pruned models (HollowNeRF, table pruning): what a compact export keeps (table rows, parameters)."""
+        if eval_model.field.saliency is None and self.config.nerf_prune_keep >= 1:
             return {}
-        return {"hollow_export": eval_model.to_payload(0, None, self.name, compact=True)["hollow_export"]}
+        return {"compact_export": eval_model.to_payload(0, None, self.name, compact=True)["compact_export"]}
 
     @property
     def num_primitives(self) -> int:

@@ -29,7 +29,7 @@ from splatkit.models.hashgrid import HashGrid, HashGridConfig
 from splatkit.render import volume
 from splatkit.render.sh import sh_basis
 
-from splatkit.models import hollow
+from splatkit.models import hollow, table_prune
 
 CHECKPOINT_FORMAT = "splatkit-nerf"
 CHECKPOINT_VERSION = 1
@@ -421,30 +421,36 @@ class NerfModel(torch.nn.Module):
 
     # -- checkpoints ------------------------------------------------------------------------------
     def to_payload(self, step: int, normalization: Optional[dict], method: str, compact: bool = False) -> dict:
-        """The model as a checkpoint payload. ``compact`` (HollowNeRF models; exports, not for
-        resuming): hash-table rows only pruned cells reach and saliency values no kept cell reads
-        are dropped (``payload["hollow_export"]`` counts what is left); every rendered value
-        stays the same."""
+        """The model as a checkpoint payload. ``compact`` (exports, not for resuming): hash-table rows
+        that are zero (pruned, :mod:`splatkit.models.table_prune`) or that only HollowNeRF's pruned
+        cells reach, and saliency values no kept cell reads, are dropped
+        (``payload["compact_export"]`` counts what is left); every rendered value stays the same."""
         state = {k: v.detach().cpu().clone() for k, v in self.state_dict().items()}
         payload = {"step": int(step),
                    "splatkit": {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "method": method,
                                 "normalization": normalization},
                    "nerf": self.config.to_dict(),
                    "state": state}
-        if compact and self.field.saliency is not None:
-            sal = self.field.saliency
-            rows = hollow.reached_rows(self.field.grid, sal.kept_cells())
+        if not compact:
+            return payload
+        table = state.pop("field.grid.table")
+        rows = ~table_prune.pruned_rows(table)
+        sal = self.field.saliency
+        if sal is not None:
+            rows &= hollow.reached_rows(self.field.grid, sal.kept_cells()).cpu()
+        state.update({"field.grid.table_kept": rows, "field.grid.table_values": table[rows]})
+        kept_values = 0
+        info = {"table_rows": int(rows.sum()), "table_rows_total": int(rows.numel())}
+        if sal is not None:
             needed = sal.needed_vertices().cpu()
-            table = state.pop("field.grid.table")
             logits = state.pop("field.saliency.logits")
-            state.update({"field.grid.table_kept": rows, "field.grid.table_values": table[rows],
-                          "field.saliency.logits_kept": needed, "field.saliency.logits_values": logits[needed]})
-            mlp = sum(p.numel() for n, p in self.field.named_parameters() if n not in ("grid.table", "saliency.logits"))
-            payload["hollow_export"] = {
-                "table_rows": int(rows.sum()), "table_rows_total": int(rows.numel()),
-                "saliency_values": int(needed.sum()), "saliency_values_total": int(needed.numel()),
-                "parameters": int(rows.sum()) * table.shape[1] + int(needed.sum()) + mlp,
-                "parameters_before": self.num_primitives}
+            state.update({"field.saliency.logits_kept": needed, "field.saliency.logits_values": logits[needed]})
+            kept_values = int(needed.sum())
+            info.update({"saliency_values": kept_values, "saliency_values_total": int(needed.numel())})
+        mlp = sum(p.numel() for n, p in self.field.named_parameters() if n not in ("grid.table", "saliency.logits"))
+        info.update({"parameters": int(rows.sum()) * table.shape[1] + kept_values + mlp,
+                     "parameters_before": self.num_primitives})
+        payload["compact_export"] = info
         return payload
 
     @classmethod
@@ -453,11 +459,12 @@ class NerfModel(torch.nn.Module):
             config = NerfConfig.from_dict(payload["nerf"])
             model = cls(config)
             state = dict(payload["state"])
-            if "field.grid.table_kept" in state:  # a compact HollowNeRF export: dropped rows read as 0
+            if "field.grid.table_kept" in state:  # a compact export: dropped rows read as 0
                 kept = state.pop("field.grid.table_kept")
                 table = torch.zeros_like(model.field.grid.table.data)
                 table[kept] = state.pop("field.grid.table_values")
                 state["field.grid.table"] = table
+            if "field.saliency.logits_kept" in state:
                 needed = state.pop("field.saliency.logits_kept")
                 # Values no kept cell reads: far below the threshold, so their cells stay pruned.
                 logits = torch.full(needed.shape, PRUNED_LOGIT)

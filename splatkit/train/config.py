@@ -291,6 +291,19 @@ class TrainConfig:
     hollow_lr: float = 0.05
     """Adam LR of the saliency grid, on the nerf LR schedule (ours: the paper's 1e-2 over 300k steps
     is too slow to move the grid in a short run)."""
+    nerf_prune_keep: float = 1.0
+    """Gradual magnitude pruning of the hash table (Zhu & Gupta 2018; nerf method only;
+    splatkit/models/table_prune.py): the fraction of its rows left at the end, the smallest-norm
+    rows zeroed on a cubic schedule; 1: off. A compact export drops the zeroed rows."""
+    nerf_prune_start: float = 0.2
+    """Fraction of the run where pruning starts (after the occupancy grid's warm-up; ours)."""
+    nerf_prune_end: float = 0.5
+    """Fraction of the run where ``nerf_prune_keep`` is reached (before the first LR drop, so the
+    survivors have half the run to adapt; ours)."""
+    nerf_prune_every: int = 100
+    """Steps between pruning rounds."""
+    nerf_prune_scope: str = "global"
+    """``global``: rank every row together; ``level``: prune each level to the same fraction."""
 
     # -- bookkeeping ---------------------------------------------------------------------------
     checkpoint_every: int = 1000
@@ -393,6 +406,11 @@ def _check_hollow(c: "TrainConfig") -> None:
     check_settings(c.hollow_budget, c.hollow_resolution, c.hollow_rho, c.hollow_threshold, c.hollow_init)
     if not c.hollow_lr > 0:
         raise SplatkitError(f"hollow_lr must be positive, got {c.hollow_lr}")
+    if c.nerf_prune_keep < 1 and c.method != "nerf":
+        raise SplatkitError(f"nerf_prune_keep < 1 prunes a hash-grid NeRF: it needs --method nerf (got {c.method!r})")
+    from splatkit.models.table_prune import check_settings as check_prune
+
+    check_prune(c.nerf_prune_keep, c.nerf_prune_start, c.nerf_prune_end, c.nerf_prune_every, c.nerf_prune_scope)
     if c.hollow and c.method != "nerf":
         raise SplatkitError(f"hollow=true prunes a hash-grid NeRF: it needs --method nerf (got {c.method!r})")
 
