@@ -20,10 +20,10 @@ from splatkit.errors import SplatkitError
 from splatkit.methods import register_method
 from splatkit.methods.base import Batch, Method, ParamHook, RenderOutputs, load_optimizer_state
 from splatkit.models import hollow
-from splatkit.models.table_prune import TablePruner
 from splatkit.models.hashgrid import HashGridConfig
 from splatkit.models.nerf_field import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, NerfConfig, NerfModel, camera_rays, \
     scene_box
+from splatkit.models.table_prune import TablePruner
 from splatkit.render import volume
 
 # nerfacc examples/train_ngp_nerf_occ.py: lr schedule and optimiser.

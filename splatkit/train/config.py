@@ -348,6 +348,7 @@ class TrainConfig:
                                "nerf_cone_angle"))
         _check_positive(c, ("cap_max",))
         _check_hollow(c)
+        _check_table_prune(c)
         from splatkit.methods import method_class
         from splatkit.methods.plugins import check_plugin_settings, plugin_class, plugin_settings
 
@@ -406,13 +407,16 @@ def _check_hollow(c: "TrainConfig") -> None:
     check_settings(c.hollow_budget, c.hollow_resolution, c.hollow_rho, c.hollow_threshold, c.hollow_init)
     if not c.hollow_lr > 0:
         raise SplatkitError(f"hollow_lr must be positive, got {c.hollow_lr}")
-    if c.nerf_prune_keep < 1 and c.method != "nerf":
-        raise SplatkitError(f"nerf_prune_keep < 1 prunes a hash-grid NeRF: it needs --method nerf (got {c.method!r})")
-    from splatkit.models.table_prune import check_settings as check_prune
-
-    check_prune(c.nerf_prune_keep, c.nerf_prune_start, c.nerf_prune_end, c.nerf_prune_every, c.nerf_prune_scope)
     if c.hollow and c.method != "nerf":
         raise SplatkitError(f"hollow=true prunes a hash-grid NeRF: it needs --method nerf (got {c.method!r})")
+
+
+def _check_table_prune(c: "TrainConfig") -> None:
+    from splatkit.models.table_prune import check_settings
+
+    if c.nerf_prune_keep < 1 and c.method != "nerf":
+        raise SplatkitError(f"nerf_prune_keep < 1 prunes a hash-grid NeRF: it needs --method nerf (got {c.method!r})")
+    check_settings(c.nerf_prune_keep, c.nerf_prune_start, c.nerf_prune_end, c.nerf_prune_every, c.nerf_prune_scope)
 
 
 def _check_compact(c: TrainConfig) -> None:
