@@ -55,6 +55,13 @@ def test_zeroed_rows_stay_zero_through_adam():
     assert int(dead.sum()) == 5 and torch.equal(dead, pruner.pruned)
     assert bool((table.detach()[~dead] != 0).all())  # the survivors trained on
     assert pruner.stats()["table_kept"] == pytest.approx(0.5)
+    # Rounds further apart than the window is long: the window's end still reaches ``keep``.
+    short = torch.nn.Parameter(torch.randn(10, 2))
+    pruner = table_prune.TablePruner(short, steps=30, keep=0.5, start=0.2, end=0.5, every=100, scope="global",
+                                     level_slices=[slice(0, 10)])
+    for step in range(30):
+        pruner.before_step(step, torch.optim.Adam([short]))
+    assert int(table_prune.pruned_rows(short.detach()).sum()) == 5
 
 
 def test_pruned_nerf_resumes_exactly_and_its_compact_export_renders_the_same(scene_dir, tmp_path):

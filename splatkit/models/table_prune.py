@@ -16,6 +16,7 @@ back from the table itself: nothing extra goes into a checkpoint, and a resumed 
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -99,9 +100,10 @@ class TablePruner:
 
     def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         """Call after backward, before the optimizer step."""
-        if step < self.start * self.steps:
+        first, last = math.ceil(self.start * self.steps), math.ceil(self.end * self.steps)
+        if step < first:
             return
-        if step % self.every == 0:
+        if (step - first) % self.every == 0 or step == last:  # a short run still reaches ``keep``
             n_rows = self.table.shape[0]
             n_keep = round(n_rows * kept_fraction(step, self.steps, self.keep, self.start, self.end))
             if n_rows - int(self.pruned.sum()) > n_keep:
