@@ -122,13 +122,15 @@ def model_of(r: dict) -> tuple:
     return 0, 0, "adam"
 
 
-
 def summarize(rows: list[dict], gpu: bool = False) -> tuple[dict, list[str], list[str], float | None]:
     """The table of ``rows`` (one line per table size and model, means over seeds), the rows that
     meet issue #13's target, and the 2^19 plain grid's mean PSNR (``None`` without one)."""
     groups: dict[tuple, list[dict]] = {}
-    for r in sorted(rows, key=lambda r: (model_of(r)[0], model_of(r)[2], model_of(r)[1], r["log2_t"],
-                                         r.get("seed", 0))):
+    def order(r):
+        kind, setting, variant = model_of(r)
+        return kind, variant, setting, r["log2_t"], r.get("seed", 0)
+
+    for r in sorted(rows, key=order):
         groups.setdefault((*model_of(r), r["log2_t"]), []).append(r)
     ref_rows = groups.get((0, 0, "adam", 19))
 
@@ -145,11 +147,11 @@ def summarize(rows: list[dict], gpu: bool = False) -> tuple[dict, list[str], lis
         """PSNR difference to ``base`` on the seeds both have (a seed moves these runs by up to a few
         tenths of a dB), and its label: the seeds named when they are not both rows' seeds."""
         by_seed = {r.get("seed", 0): r["psnr"] for r in base}
-        diffs = [r["psnr"] - by_seed[r.get("seed", 0)] for r in rs if r.get("seed", 0) in by_seed]
+        diffs = {r.get("seed", 0): r["psnr"] - by_seed[r.get("seed", 0)] for r in rs if r.get("seed", 0) in by_seed}
         if not diffs:
             return None, "n/a"
-        d = sum(diffs) / len(diffs)
-        common = sorted(r.get("seed", 0) for r in rs if r.get("seed", 0) in by_seed)
+        d = sum(diffs.values()) / len(diffs)
+        common = sorted(diffs)
         same = len(common) == len(rs) == len(base)
         return d, f"{d:+.2f}" if same else f"{d:+.2f} at seed{'s' if len(common) > 1 else ''} {', '.join(map(str, common))}"
 
@@ -232,13 +234,8 @@ def main() -> None:
 
     window = f"{args.prune_window[0]:g}-{args.prune_window[1]:g}"
 
-    def variant(r):  # HollowNeRF's or pruning's settings that make a row (None for plain grids)
-        if r["hollow"]:
-            return r.get("budget"), r.get("solver", "adam")
-        return ("prune", r["prune"], r["scope"], r["window"]) if r.get("prune") else None
-
     def key(r):  # a row: table size, model, seed
-        return r["log2_t"], r["hollow"], variant(r), r.get("seed", 0)
+        return r["log2_t"], model_of(r), r.get("seed", 0)
 
     settings = settings_key(args)
     rows: list[dict] = [r for k, r in load_results(LEDGER).items() if k.startswith(settings + "/")]
@@ -254,22 +251,24 @@ def main() -> None:
     ran = 0
     root.mkdir(parents=True, exist_ok=True)
     for seed in [] if args.report_only else args.seeds:
-        runs = ([(False, None, k) for k in args.plain] + [(True, (b, s), k) for s in args.solver
-                                                           for b in args.budget for k in args.hollow]
-                + [(False, ("prune", keep, scope, window), k) for scope in args.scope for keep in args.keep
+        runs = ([((0, 0, "adam"), k) for k in args.plain]
+                + [((1, b, s), k) for s in args.solver for b in args.budget for k in args.hollow]
+                + [((2, keep, f"{scope} {window}"), k) for scope in args.scope for keep in args.keep
                    for k in args.pruned])
-        for hollow, var, k in runs:
-            if (k, hollow, var, seed) in done:
+        for model, k in runs:  # models as model_of names them
+            if (k, model, seed) in done:
                 continue
-            pruning = var is not None and var[0] == "prune"
-            budget, solver = (None, None) if var is None or pruning else var
+            kind, setting, variant = model
+            hollow, pruning = kind == 1, kind == 2
+            budget, solver = (setting, variant) if hollow else (None, None)
+            scope = variant.split()[0]
             label = (f"hollow{budget:g}{'' if solver == 'adam' else '-' + solver}" if hollow
-                     else f"prune{var[1]:g}-{var[2]}" if pruning else "plain")
+                     else f"prune{setting:g}-{scope}" if pruning else "plain")
             rho = args.rho if solver == "adam" else args.rho_decoupled
             r = run_one(scene, root / f"{label}-2^{k}-seed{seed}", k, args.steps, hollow, budget, seed, args.rays,
                         args.march_steps, args.hollow_lr, rho, args.hollow_init, args.levels, args.max_resolution,
                         solver or "adam", args.device, args.max_minutes and args.max_minutes * 60,
-                        prune=(var[1], var[2], *args.prune_window) if pruning else None)
+                        prune=(setting, scope, *args.prune_window) if pruning else None)
             r.update(seed=seed, budget=budget, solver=solver)
             rows.append(r)
             ran += 1
