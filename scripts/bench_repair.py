@@ -35,6 +35,14 @@ SHARED = ROOT.parent / "shared" / "data"
 BASE, REPAIR = "sparse", "sparse-repair"
 
 
+def json_or_text(value: str):
+    """A ``--set`` value: JSON (numbers, true, lists) or, when it is not, the text itself (mix=additive)."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
 def case_for(name: str, views: int, out: Path):
     from splatkit.eval.benchmark import dtu_cases, synthetic_cases
 
@@ -88,7 +96,7 @@ def main() -> None:
     parser.add_argument("--views", default="3,4")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--set", nargs="*", default=[], help="extra diffusion_repair settings KEY=JSON")
+    parser.add_argument("--set", nargs="*", default=[], help="extra diffusion_repair settings KEY=VALUE (JSON, or plain text)")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "repair")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--report-only", action="store_true",
@@ -99,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s]
     views_list = [int(v) for v in args.views.split(",") if v]
-    extra = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+    extra = {k: json_or_text(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     tag = "_".join(f"{k}-{v}" for k, v in sorted(extra.items()))
     # Each schedule length gets its own section (the presets' own length keeps the plain name).
     section = SECTION + (f"_{tag}" if tag else "") + (f"_{args.steps}steps" if args.steps != 1000 else "")

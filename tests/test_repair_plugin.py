@@ -176,6 +176,13 @@ def test_ratio_schedule_is_gaussian_object_s(blur_model):
     assert plugin.photometric_weights(600, None) == pytest.approx(1 - plugin.ratio(600))
     assert plugin.photometric_weights(900, None) is None
 
+    # additive: the real views keep their full weight; the pseudo-view term's ratio is the same
+    additive = DiffusionRepair(SimpleNamespace(), DiffusionRepair.Config(start=0.5, ctrl_fraction=0.7, mix="additive"))
+    additive.setup(state)
+    assert additive.photometric_weights(600, None) is None and additive.ratio(600) == plugin.ratio(600)
+    with pytest.raises(SplatkitError, match="mix must be one of"):
+        DiffusionRepair(SimpleNamespace(), DiffusionRepair.Config(mix="sum")).setup(state)
+
 
 def _config(scene_dir, out, steps, **plugin):
     from splatkit.train.config import resolve_config

@@ -14,6 +14,11 @@ with ``r`` ramping linearly from 1.0 to 0.5 over the first ``ctrl_fraction`` of 
 (``ctrl_steps`` 2800 of GaussianObject's 4000) and 0 after it: a final stretch on the real views
 only. GaussianObject's third pseudo-view term is LPIPS (weight 2.0); its VGG backbone needs
 torchvision, which splatkit does not depend on, so a D-SSIM term stands in for it.
+
+That mix takes the real views' weight to 0 when the repair phase begins and leaves them half of it
+at most until the final stretch: right with a repair model that knows more than the scene (Stable
+Diffusion), a cost with one that barely changes a render. ``mix="additive"`` (ours) keeps the
+photometric loss at full weight and adds ``r x w_dist x term`` to it.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ LAMBDA_L1 = 0.5
 LAMBDA_L2 = 0.5
 # Stand-in for LPIPS (module doc): 3DGS's D-SSIM weight.
 LAMBDA_DSSIM = 0.2
+MIXES = ("gaussian_object", "additive")
 
 
 @register_plugin
@@ -93,9 +99,14 @@ class DiffusionRepair(Plugin):
         """Noisy-Gaussian renders per training view."""
         tune_steps: int = in_range(300, 0)
         """Fine-tuning steps of the repair model on the scene's pairs."""
+        mix: str = "gaussian_object"
+        """How the pseudo-view loss joins the photometric one: 'gaussian_object' (real x (1 - r) +
+        pseudo x r) or 'additive' (real + pseudo x r; module doc)."""
 
     def setup(self, state: TrainState) -> None:
         cfg, s = state.config, self.settings
+        if s.mix not in MIXES:
+            raise SplatkitError(f"plugins.{self.name}.mix must be one of {', '.join(MIXES)}, got {s.mix!r}")
         if s.min_strength > s.max_strength:
             raise SplatkitError(f"plugins.{self.name}: min_strength {s.min_strength} > max_strength {s.max_strength}")
         if len(state.scene) < 2:
@@ -223,7 +234,7 @@ class DiffusionRepair(Plugin):
 
     def photometric_weights(self, step: int, batch: Batch):
         r = self.ratio(step)
-        return None if r == 0.0 else 1.0 - r
+        return None if r == 0.0 or self.settings.mix == "additive" else 1.0 - r
 
     def loss(self, step: int, batch: Batch, outputs: RenderOutputs):
         r = self.ratio(step)
