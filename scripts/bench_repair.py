@@ -43,6 +43,16 @@ def json_or_text(value: str):
         return value
 
 
+def tag_value(value) -> str:
+    """A setting's value as it names folders and sections: a weights path (model=ours:PATH) by its
+    file's stem, so the tag stays one folder name."""
+    text = str(value)
+    head, sep, path = text.partition(":")
+    if sep and ("/" in path or path.endswith(".safetensors")):
+        return f"{head}-{Path(path).stem}"
+    return text.replace("/", "-")
+
+
 def case_for(name: str, views: int, out: Path):
     from splatkit.eval.benchmark import dtu_cases, synthetic_cases
 
@@ -108,7 +118,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     views_list = [int(v) for v in args.views.split(",") if v]
     extra = {k: json_or_text(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    tag = "_".join(f"{k}-{v}" for k, v in sorted(extra.items()))
+    tag = "_".join(f"{k}-{tag_value(v)}" for k, v in sorted(extra.items()))
     # Each schedule length gets its own section (the presets' own length keeps the plain name).
     section = SECTION + (f"_{tag}" if tag else "") + (f"_{args.steps}steps" if args.steps != 1000 else "")
     load = load_average()

@@ -294,6 +294,10 @@ def parse_args(argv=None):
     p.add_argument("--heldout-loo-steps", type=int, default=100,
                    help="leave-one-out steps of the held-out scenes' own pairs (fine-tune comparison)")
     p.add_argument("--pairs-only", action="store_true", help="generate (cache) the pairs and stop")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="with --pairs-only: generate every N-th scene from the K-th (0-based), so N processes "
+                        "share the pair generation (the leave-one-out scenes stay in shard 0; other shards wait "
+                        "for them to be cached)")
     p.add_argument("--eval-only", action="store_true", help="score the weights at --out, do not train")
     p.add_argument("--write", action="store_true", help="add the results to docs/benchmarks.md")
     args = p.parse_args(argv)
@@ -302,6 +306,16 @@ def parse_args(argv=None):
     except ValueError:
         p.error(f"--resolution must look like 100x75, got {args.resolution!r}")
     args.size = (w, h)
+    args.shard_index, args.shard_count = 0, 1
+    if args.shard is not None:
+        try:
+            args.shard_index, args.shard_count = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            p.error(f"--shard must look like 0/2, got {args.shard!r}")
+        if not 0 <= args.shard_index < args.shard_count:
+            p.error(f"--shard K/N needs 0 <= K < N, got {args.shard!r}")
+        if not args.pairs_only:
+            p.error("--shard generates part of the pairs: use it with --pairs-only, then train without it")
     return args
 
 
@@ -323,13 +337,18 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     scenes, stats_list = [], []
     todo = [(s, "train") for s in ([] if args.eval_only else train_seeds)] + [(s, "heldout") for s in held_seeds]
+    loo_seeds = train_seeds[:args.loo_scenes] if (args.loo_steps > 0 and not args.eval_only) else []
+    if args.shard_count > 1:
+        todo = shard_scenes(todo, loo_seeds, args.shard_index, args.shard_count)
+        if args.shard_index > 0 and loo_seeds:
+            _wait_for_cache(args, loo_seeds, rep)
     with rep.task("pairs", len(todo)) as task:
         for k, (seed, role) in enumerate(todo):
-            with_loo = role == "train" and len(stats_list) < args.loo_scenes and args.loo_steps > 0
+            with_loo = role == "train" and seed in loo_seeds
             stats = None if with_loo else _mean_stats(stats_list)
             if role == "heldout":
-                loo = args.heldout_loo_steps if k - len(train_seeds) < args.compare_fine_tune else 0
-                own = k - len(train_seeds) < args.compare_fine_tune
+                own = held_seeds.index(seed) < args.compare_fine_tune
+                loo = args.heldout_loo_steps if own else 0
             else:
                 loo, own = (args.loo_steps if with_loo else 0), False
             if stats is None and not with_loo:
@@ -461,12 +480,32 @@ def _mean_stats(stats_list):
     return average_stats(stats_list)
 
 
+def shard_scenes(todo: list, loo_seeds, index: int, count: int) -> list:
+    """Shard ``index`` of ``count``'s part of ``todo`` ([(seed, role)]): the shards together cover
+    every scene once. The leave-one-out scenes measure the noise statistics every other scene uses,
+    so shard 0 makes them first and the others take them from the cache."""
+    loo = [t for t in todo if t[0] in loo_seeds and t[1] == "train"]
+    rest = [t for t in todo if t not in loo]
+    return (loo if index == 0 else []) + rest[index::count]
+
+
+def _wait_for_cache(args, seeds, rep, poll_seconds: float = 20.0) -> None:
+    """Block until the pairs of ``seeds`` (training scenes) are cached by another shard."""
+    paths = [cache_path(args, s, "train") for s in seeds]
+    if all(p.is_file() for p in paths):
+        return
+    rep.say(f"waiting for shard 0 to cache the leave-one-out scene(s) {seeds} (noise statistics)")
+    while not all(p.is_file() for p in paths):
+        time.sleep(poll_seconds)
+
+
 def _stats_from_cache(args, rep):
-    """Noise statistics when no leave-one-out scene ran in this invocation: from the cached first
-    training scene (generating it if needed)."""
-    seed = args.seed * SEEDS_PER_RUN + TRAIN_SEED_BASE
-    data = cached_scene(args, seed, "train", None, loo_steps=max(args.loo_steps, 1), own_pairs=False, rep=rep)
-    return data["stats"]
+    """Noise statistics when no leave-one-out scene ran in this invocation: the mean over the cached
+    leave-one-out training scenes (generating them if needed)."""
+    base = args.seed * SEEDS_PER_RUN + TRAIN_SEED_BASE
+    stats = [cached_scene(args, base + i, "train", None, loo_steps=max(args.loo_steps, 1), own_pairs=False,
+                          rep=rep)["stats"] for i in range(max(args.loo_scenes, 1))]
+    return _mean_stats(stats)
 
 
 def _read_config(path: Path) -> str:

@@ -181,3 +181,13 @@ def test_hollow_ledger_rebuilds_the_documented_hollow_tables():
         checked += 1
     if not checked:
         pytest.skip("no HollowNeRF section written from the ledger yet")
+
+
+def test_bench_repair_tags_name_one_folder():
+    import bench_repair
+
+    assert bench_repair.tag_value("additive") == "additive"
+    assert bench_repair.tag_value(0) == "0"
+    assert bench_repair.tag_value("ours:outputs/repair_pretrain/unet_fit1000.safetensors") == "ours-unet_fit1000"
+    assert bench_repair.tag_value("ours:w.safetensors") == "ours-w"
+    assert "/" not in bench_repair.tag_value("a/b")

@@ -5,6 +5,7 @@ a config, so the module takes a few seconds."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,3 +186,24 @@ def test_large_renders_are_repaired_at_the_pretraining_height():
     assert torch.allclose(out, want, atol=1e-6)
     full = load_repair_model("ours").repair(img, strength=1.0)  # the default, 0: at full size
     assert not torch.allclose(full, out, atol=1e-3)
+
+
+# -- pretraining script ----------------------------------------------------------------------------
+def test_pretrain_shards_cover_every_scene_once():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_repair.py"
+    spec = importlib.util.spec_from_file_location("pretrain_repair_under_test", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    todo = [(s, "train") for s in range(100, 110)] + [(s, "heldout") for s in range(900, 904)]
+    for count in (1, 2, 3):
+        parts = [script.shard_scenes(todo, [100], k, count) for k in range(count)]
+        assert sorted(t for part in parts for t in part) == sorted(todo)
+        assert parts[0][0] == (100, "train")  # the leave-one-out scene first, in shard 0 only
+        assert all((100, "train") not in part for part in parts[1:])
+    args = script.parse_args(["--pairs-only", "--shard", "1/2"])
+    assert (args.shard_index, args.shard_count) == (1, 2)
+    for bad in (["--shard", "1/2"], ["--pairs-only", "--shard", "2/2"], ["--pairs-only", "--shard", "x"]):
+        with pytest.raises(SystemExit):
+            script.parse_args(bad)
