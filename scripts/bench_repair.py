@@ -210,15 +210,18 @@ def report(args, rows, load) -> str:
     title = f" ({', '.join(args.set)})" if args.set else ""
     seeds_note = (" Each row has the seeds whose two runs had finished or that the ledger records (`--report-only`)."
                   if args.report_only else "")
-    tuned = (", used as shipped: no per-scene fine-tune" if "tune_steps=0" in args.set
+    tuned = (", as pretrained: no per-scene fine-tune" if "tune_steps=0" in args.set
              else ", fine-tuned per scene on the scene's own pairs")
+    weights = next((v.split("=", 1)[1] for v in args.set if v.startswith("model=")), None)
+    model = (f"the model `{weights}` (ours: the compact network, with the weights of that file{tuned})" if weights
+             else f"the model `ours` (the compact network shipped with splatkit{tuned})")
     return f"""## Diffusion repair (GaussianObject-style) against the same preset without it{title}
 
 `python scripts/bench_repair.py --scenes {args.scenes} --views {args.views} --steps {args.steps} --seeds
 {args.seeds}{' --set ' + ' '.join(args.set) if args.set else ''}{' --report-only' if args.report_only else ''} --write` on {machine_info()}; load average
 {'unknown' if load is None else f'{load:.1f}'} at the start (a shared machine: times are upper bounds).
-`sparse-repair` is `sparse` plus `diffusion_repair` with the model `ours` (the compact network shipped
-with splatkit{tuned}); both {args.steps} steps, same seeds;
+`sparse-repair` is `sparse` plus `diffusion_repair` with
+{model}; both {args.steps} steps, same seeds;
 mean ± std over seeds; gain = per-seed difference. Synthetic objects: 200x150, the suite's degraded
 depth priors; DTU: 400x300, protocol views, masked PSNR over the protocol's test views. "Repair alone":
 the `sparse` run's test renders repaired by the run's repair model (strength 0.5) against the photos,
