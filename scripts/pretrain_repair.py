@@ -350,16 +350,17 @@ def main(argv=None) -> None:
     with rep.task("pairs", len(todo)) as task:
         for k, (seed, role) in enumerate(todo):
             with_loo = role == "train" and seed in loo_seeds
-            stats = None if with_loo else _mean_stats(stats_list)
             if role == "heldout":
                 own = held_seeds.index(seed) < args.compare_fine_tune
                 loo = args.heldout_loo_steps if own else 0
             else:
                 loo, own = (args.loo_steps if with_loo else 0), False
-            if stats is None and not with_loo:
-                stats = _stats_from_cache(args, rep)
-            data = cached_scene(args, seed, role, stats if not (role == "heldout" and loo) else None,
-                                loo_steps=loo, own_pairs=own, rep=rep)
+            stats = None  # a scene with leave-one-out fits measures its own
+            if not loo:
+                if not stats_list:  # no leave-one-out scene in this invocation: read the cached ones once
+                    stats_list.append(_stats_from_cache(args, rep))
+                stats = _mean_stats(stats_list)
+            data = cached_scene(args, seed, role, stats, loo_steps=loo, own_pairs=own, rep=rep)
             if with_loo:
                 stats_list.append(data["stats"])
             scenes.append((seed, role, data))

@@ -5,6 +5,7 @@ a config, so the module takes a few seconds."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from splatkit.errors import SplatkitError
 from splatkit.priors.repair.base import RepairPairs, load_repair_model
 from splatkit.priors.repair.unet import (DEFAULT_WEIGHTS, UNetRepairModel, peft_available, read_weights,
                                          write_weights)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 TINY = {"in_channels": 3, "out_channels": 3, "block_out_channels": [8, 16], "layers_per_block": 1,
         "down_block_types": ["DownBlock2D"] * 2, "up_block_types": ["UpBlock2D"] * 2, "norm_num_groups": 4,
@@ -190,12 +193,7 @@ def test_large_renders_are_repaired_at_the_pretraining_height():
 
 # -- pretraining script ----------------------------------------------------------------------------
 def test_pretrain_shards_cover_every_scene_once():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "pretrain_repair.py"
-    spec = importlib.util.spec_from_file_location("pretrain_repair_under_test", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    import pretrain_repair as script
     todo = [(s, "train") for s in range(100, 110)] + [(s, "heldout") for s in range(900, 904)]
     for count in (1, 2, 3):
         parts = [script.shard_scenes(todo, [100], k, count) for k in range(count)]
