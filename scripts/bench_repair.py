@@ -12,7 +12,12 @@ figures also go into ``docs/results/bench_repair.json`` (committed), and a seed 
 run folders are not on this machine is reported from it, not retrained (``--fresh``: retrain).
 
     .venv/bin/python scripts/bench_repair.py [--scenes object0,scan65] [--views 3,4] [--seeds 0,1,2]
-        [--steps 1000] [--write]
+        [--steps 1000] [--set KEY=VALUE ...] [--write] [--pictures]
+
+Runs go to ``OUT/<views>v/[<steps>steps/][<settings>/]runs/`` (the ``sparse`` runs without the
+settings folder), so other lengths and settings never reuse each other's runs. ``--pictures`` writes
+``docs/images/<section>.jpg`` from the first seed: ground truth | ``sparse`` | repaired |
+``sparse-repair``, one row per scene.
 """
 
 from __future__ import annotations
@@ -53,6 +58,22 @@ def tag_value(value) -> str:
     return text.replace("/", "-")
 
 
+def repair_settings(sets: list[str]) -> dict:
+    """``--set KEY=VALUE ...`` as the plugin's settings."""
+    return {k: json_or_text(v) for k, v in (kv.split("=", 1) for kv in sets)}
+
+
+def setting_tag(sets: list[str]) -> str:
+    """The ``--set`` values as one folder and section name (empty for the preset as it is)."""
+    return "_".join(f"{k}-{tag_value(v)}" for k, v in sorted(repair_settings(sets).items()))
+
+
+def run_folder(out: Path, views, steps: int, tag: str) -> Path:
+    """Where a benchmark's runs of one view count go: other lengths and repair settings get their own
+    folders (a finished run is only reused by the benchmark that asked for it)."""
+    return out / f"{views}v" / (f"{steps}steps" if steps != 1000 else "") / tag
+
+
 def case_for(name: str, views: int, out: Path):
     from splatkit.eval.benchmark import dtu_cases, synthetic_cases
 
@@ -68,6 +89,19 @@ def case_for(name: str, views: int, out: Path):
     raise SystemExit(f"unknown scene {name!r} (objectN or scanN)")
 
 
+def run_repair_model(repair_run: Path):
+    """The repair model as the ``sparse-repair`` run left it (its checkpoint's plugin state)."""
+    from splatkit.priors.repair.base import load_repair_model
+    from splatkit.train.run import Run
+    from splatkit.utils.checkpoint import read_payload
+
+    state = read_payload(Run.open(repair_run).checkpoints()[-1], "cpu")["trainer"]["plugins"]["diffusion_repair"]
+    settings = json.loads((repair_run / "config.json").read_text()).get("plugins", {}).get("diffusion_repair", {})
+    model = load_repair_model(settings.get("model", "ours"), device="cpu")
+    model.load_state_dict(state["model"] or {})
+    return model
+
+
 def post_repair(repair_run: Path, base_run: Path, pictures: Path, limit: int = 4) -> dict:
     """The repair model fine-tuned in ``repair_run``, applied to ``base_run``'s test renders:
     PSNR (masked on DTU-style scenes) before and after against the photos; pictures."""
@@ -76,15 +110,8 @@ def post_repair(repair_run: Path, base_run: Path, pictures: Path, limit: int = 4
     from splatkit.data.imageio_utils import write_image
     from splatkit.eval.benchmark import render_test_views
     from splatkit.metrics import masked_psnr, psnr
-    from splatkit.priors.repair.base import load_repair_model
-    from splatkit.train.run import Run
-    from splatkit.utils.checkpoint import read_payload
 
-    run = Run.open(repair_run)
-    state = read_payload(run.checkpoints()[-1], "cpu")["trainer"]["plugins"]["diffusion_repair"]
-    settings = json.loads((repair_run / "config.json").read_text()).get("plugins", {}).get("diffusion_repair", {})
-    model = load_repair_model(settings.get("model", "ours"), device="cpu")
-    model.load_state_dict(state["model"] or {})
+    model = run_repair_model(repair_run)
     before, after = [], []
     gen = torch.Generator().manual_seed(0)
     for k, (vid, scene, pos, rgb) in enumerate(render_test_views(base_run)):
@@ -96,6 +123,31 @@ def post_repair(repair_run: Path, base_run: Path, pictures: Path, limit: int = 4
         if k < limit:
             write_image(pictures / f"view{vid:03d}.png", np.concatenate([rgb, fixed, gt], axis=1))
     return {"before": float(np.mean(before)), "after": float(np.mean(after))}
+
+
+PICTURE_TILE = (300, 225)  # every tile's (width, height): the synthetic objects' and DTU's 4:3
+
+
+def docs_picture(path: Path, shown: list[tuple[Path, Path]]) -> Path:
+    """``path``: one row per (``sparse`` run, ``sparse-repair`` run) pair, their first test view:
+    ground truth | ``sparse``'s render | that render repaired by the run's repair model |
+    ``sparse-repair``'s render (trained on repaired pseudo views)."""
+    import torch
+
+    from splatkit.data.imageio_utils import resize_image, write_image
+    from splatkit.eval.benchmark import render_test_views
+
+    rows = []
+    for base_run, rep_run in shown:
+        ((vid, scene, pos, rgb),) = render_test_views(base_run, limit=1)
+        ((rep_vid, _, _, rep_rgb),) = render_test_views(rep_run, limit=1)
+        assert rep_vid == vid, "both runs of a seed test the same views"
+        fixed = run_repair_model(rep_run).repair(torch.as_tensor(rgb, dtype=torch.float32)[None], strength=0.5,
+                                                 generator=torch.Generator().manual_seed(0))[0].numpy()
+        tiles = [scene.images[pos], rgb, fixed, rep_rgb]
+        rows.append(np.concatenate([resize_image(np.clip(t, 0, 1), *PICTURE_TILE) for t in tiles], axis=1))
+    write_image(path, np.concatenate(rows, axis=0))
+    return path
 
 
 def main() -> None:
@@ -114,16 +166,20 @@ def main() -> None:
                              "or that docs/results/bench_repair.json records")
     parser.add_argument("--fresh", action="store_true",
                         help="retrain seeds docs/results/bench_repair.json records but this machine lacks")
+    parser.add_argument("--pictures", action="store_true",
+                        help="write docs/images/<section>.jpg from the first seed's runs (both finished here): "
+                             "ground truth | sparse | repaired | sparse-repair, one row per scene and view count")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s]
     views_list = [int(v) for v in args.views.split(",") if v]
-    extra = {k: json_or_text(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    tag = "_".join(f"{k}-{tag_value(v)}" for k, v in sorted(extra.items()))
+    extra = repair_settings(args.set)
+    tag = setting_tag(args.set)
     # Each schedule length gets its own section (the presets' own length keeps the plain name).
     section = SECTION + (f"_{tag}" if tag else "") + (f"_{args.steps}steps" if args.steps != 1000 else "")
     load = load_average()
     ledger = load_results(SECTION)
     rows: dict[tuple[str, int], dict] = {}
+    shown: list[tuple[Path, Path]] = []  # (sparse, sparse-repair) run folders the picture shows
     for scene in [s for s in args.scenes.split(",") if s]:
         for views in views_list:
             suite, case = case_for(scene, views, args.out)
@@ -133,8 +189,8 @@ def main() -> None:
             metric = "masked_psnr" if suite in ("dtu", "synthetic") else "psnr"
             row = rows.setdefault((scene, views), {"metric": metric, BASE: [], REPAIR: [], "post": [], "times": []})
 
-            def out_for(preset: str) -> Path:  # other repair settings get their own folders
-                return args.out / f"{views}v" / (tag if preset == REPAIR and tag else "")
+            def out_for(preset: str) -> Path:
+                return run_folder(args.out, views, args.steps, tag if preset == REPAIR else "")
 
             for seed in seeds:
                 key = f"{section}/{scene}/{views}v/seed{seed}"
@@ -155,7 +211,14 @@ def main() -> None:
                 text = report(args, rows, load)
                 if args.write:  # one section per setting of the repair, so variants stand side by side
                     write_section(section, text)
+            first = [out_for(p) / "runs" / case.name / p / f"seed{seeds[0]}" for p in (BASE, REPAIR)] if seeds else []
+            if args.pictures and first and all(_run_done(r) for r in first):
+                shown.append(tuple(first))
     print(report(args, rows, load))
+    if args.pictures:
+        if not shown:
+            raise SystemExit(f"--pictures: no scene has both runs of seed {seeds[0] if seeds else '-'} on this machine")
+        print(f"wrote {docs_picture(ROOT / 'docs' / 'images' / f'{section}.jpg', shown)}")
 
 
 def measure_seed(args, suite, case, seed, out_for, extra, metric, scene, views) -> dict:
@@ -178,7 +241,7 @@ def measure_seed(args, suite, case, seed, out_for, extra, metric, scene, views) 
         rep = json.loads(report_file.read_text())
         times = [rep["pair_seconds"], rep["tune_seconds"], float(np.mean(rep["repair_seconds_per_view"])),
                  recs[REPAIR]["train_time_s"], recs[BASE]["train_time_s"]]
-    post = post_repair(rep_run, base_run, args.out / "pictures" / f"{scene}_{views}v_seed{seed}")
+    post = post_repair(rep_run, base_run, out_for(REPAIR) / "pictures" / f"{scene}_{views}v_seed{seed}")
     return {"metric": metric, BASE: recs[BASE]["mean"][metric], REPAIR: recs[REPAIR]["mean"][metric],
             "post": post, "times": times}
 
@@ -215,6 +278,7 @@ def report(args, rows, load) -> str:
     weights = next((v.split("=", 1)[1] for v in args.set if v.startswith("model=")), None)
     model = (f"the model `{weights}` (ours: the compact network, with the weights of that file{tuned})" if weights
              else f"the model `ours` (the compact network shipped with splatkit{tuned})")
+    pictures = f"{_shown(run_folder(args.out, '<views>', args.steps, setting_tag(args.set)) / 'pictures')}/"
     return f"""## Diffusion repair (GaussianObject-style) against the same preset without it{title}
 
 `python scripts/bench_repair.py --scenes {args.scenes} --views {args.views} --steps {args.steps} --seeds
@@ -225,7 +289,7 @@ def report(args, rows, load) -> str:
 mean ± std over seeds; gain = per-seed difference. Synthetic objects: 200x150, the suite's degraded
 depth priors; DTU: 400x300, protocol views, masked PSNR over the protocol's test views. "Repair alone":
 the `sparse` run's test renders repaired by the run's repair model (strength 0.5) against the photos,
-one entry per seed; pictures render | repaired | ground truth in `{_shown(args.out)}/pictures/`; per-seed
+one entry per seed; pictures render | repaired | ground truth in `{pictures}`; per-seed
 figures: `docs/results/{SECTION}.json`.{seeds_note}
 
 {chr(10).join(lines)}

@@ -191,3 +191,14 @@ def test_bench_repair_tags_name_one_folder():
     assert bench_repair.tag_value("ours:outputs/repair_pretrain/unet_fit1000.safetensors") == "ours-unet_fit1000"
     assert bench_repair.tag_value("ours:w.safetensors") == "ours-w"
     assert "/" not in bench_repair.tag_value("a/b")
+
+
+def test_bench_repair_lengths_and_settings_get_their_own_run_folders(tmp_path):
+    import bench_repair
+
+    default = bench_repair.run_folder(tmp_path, 3, 1000, "")
+    assert default == tmp_path / "3v"
+    longer = bench_repair.run_folder(tmp_path, 3, 3000, "")
+    tagged = bench_repair.run_folder(tmp_path, 3, 3000, bench_repair.setting_tag(["mix=additive", "tune_steps=0"]))
+    assert len({default, longer, tagged}) == 3 and tagged == longer / "mix-additive_tune_steps-0"
+    assert bench_repair.repair_settings(["tune_steps=0", "mix=additive"]) == {"tune_steps": 0, "mix": "additive"}

@@ -46,6 +46,20 @@ def test_process_pool_matches_serial_and_a_restart_reuses_runs(serial, capsys):
     assert agg["methods"]["default"]["masked_psnr"] == ref["aggregate"]["methods"]["default"]["masked_psnr"]
 
 
+@pytest.mark.parametrize("change, named", [({"steps": 5}, "steps: 4 in the run, 5 asked"),
+                                            ({"overrides": {"init_num_points": 200}}, "init_num_points: 300")])
+def test_a_finished_run_of_other_settings_is_not_reused(serial, change, named):
+    """Started again into the same folder with other --steps or --set values, the benchmark names the
+    difference instead of reporting the old runs as the new ones."""
+    base, _ = serial
+    spec = _spec(base / "serial", base / "scenes", jobs=1)
+    spec.steps = change.get("steps", spec.steps)
+    spec.overrides = {**spec.overrides, **change.get("overrides", {})}
+    with pytest.raises(SplatkitError, match="finished run of another benchmark") as err:
+        run_benchmark(spec)
+    assert named in str(err.value) and "--out" in str(err.value)
+
+
 def test_ray_executor_matches_serial_on_a_local_instance(serial):
     pytest.importorskip("ray", reason="Ray is an optional extra (pip install 'splatkit[ray]')")
     base, ref = serial

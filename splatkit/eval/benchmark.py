@@ -12,7 +12,8 @@ Suites and their protocols (``data/splits/``, :mod:`splatkit.eval.protocols`):
   so the whole pipeline runs here without downloads.
 
 Each (scene, method, seed) is one run folder under ``OUT/runs``; a finished run is reused when the
-benchmark is started again (an interrupted benchmark loses at most the runs in progress). Runs go
+benchmark is started again (an interrupted benchmark loses at most the runs in progress), provided
+it trained what this benchmark asks (steps, views, seed, every override; else a clear error). Runs go
 to a local process pool (``jobs``: one run at a time on a CPU, one per GPU on CUDA) or, with
 ``executor="ray"``, one Ray task each on an existing cluster (``address``) or a local Ray instance. Methods
 are presets (``configs/NAME.json``). Results: ``OUT/results.json`` (every number, per view), and
@@ -258,6 +259,41 @@ def _run_done(run_dir: Path) -> bool:
     return (run_dir / "metrics.json").is_file() and (run_dir / "train_summary.json").is_file()
 
 
+# What a benchmark decides for each of its runs besides the preset's own values: a finished run is
+# reused only when its config.json agrees on these (and on every --set value), so a sweep started
+# again with other --steps or settings into the same folder never reports the old runs as new ones.
+REUSE_KEYS = ("steps", "seed", "train_views", "test_views", "downscale")
+
+
+def _agrees(wanted: Any, saved: Any) -> bool:
+    """``saved`` (a run's config.json value) holds ``wanted``: dicts key by key (a run's plugin
+    section may hold more settings than the benchmark set), lists and paths as JSON writes them."""
+    if isinstance(wanted, dict):
+        return isinstance(saved, dict) and all(_agrees(v, saved.get(k)) for k, v in wanted.items())
+    return json.loads(json.dumps(wanted, default=str)) == saved
+
+
+def stale_reasons(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, run_dir: Path) -> list[str]:
+    """Where the finished run in ``run_dir`` differs from the one this benchmark would train
+    (empty when it may be reused)."""
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        return ["its config.json is missing"]
+    saved = json.loads(config_file.read_text())
+    wanted = run_config(spec, case, method, seed, run_dir).to_dict()
+    checks = {k: wanted[k] for k in REUSE_KEYS}
+    checks.update(spec.overrides)
+    return [f"{k}: {saved.get(k)!r} in the run, {v!r} asked" for k, v in checks.items() if not _agrees(v, saved.get(k))]
+
+
+def check_reusable(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, run_dir: Path) -> None:
+    """A clear error instead of silently reusing a finished run of another benchmark."""
+    reasons = stale_reasons(spec, case, method, seed, run_dir)
+    if reasons:
+        raise SplatkitError(f"{run_dir} holds a finished run of another benchmark ({'; '.join(reasons)}): "
+                            "give this benchmark its own --out, or delete that folder to train it again")
+
+
 def run_spare(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, say) -> dict:
     """SpaRe: train on the input views, render the hidden test views' cameras at 1600x1200 and
     write the scene's submission zip (no scores: the ground truth is not public)."""
@@ -270,6 +306,7 @@ def run_spare(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, say)
     sub_dir = spec.out / "submission" / f"{method}_seed{seed}"
     zip_path = sub_dir / f"{case.name}.zip"
     if zip_path.is_file() and (run_dir / "train_summary.json").is_file():
+        check_reusable(spec, dataclasses.replace(case, test_ids=[]), method, seed, run_dir)
         return {"scene": case.name, "method": method, "seed": seed, "run": str(run_dir), "mean": {},
                 "views": [], "submission": str(zip_path), "reused": True}
     if run_dir.exists():
@@ -301,7 +338,9 @@ def run_one(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, say) -
         return run_spare(spec, case, method, seed, say)
     run_dir = spec.out / "runs" / case.name / method / f"seed{seed}"
     reused = _run_done(run_dir)
-    if not reused:
+    if reused:
+        check_reusable(spec, case, method, seed, run_dir)
+    else:
         if run_dir.exists():
             import shutil
 
