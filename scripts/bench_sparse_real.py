@@ -296,8 +296,10 @@ PICTURE_TILE = (300, 225)  # every tile's (width, height): DTU's and LLFF's 4:3 
 
 
 def pictures(args, scenes: list[str], variants: list[str]) -> Path:
-    """One row per scene: ground truth | each variant's render of one test view (seed 0 runs)."""
+    """One row per scene: ground truth | each variant's render of one test view (seed 0 runs) |
+    the last variant's error (|render - ground truth| x4, as ``splatkit benchmark`` draws it)."""
     from splatkit.data.imageio_utils import write_image
+    from splatkit.eval.benchmark import error_image
     from splatkit.methods.scoring import render_views, settings_for
     from splatkit.train.run import Run
 
@@ -315,6 +317,7 @@ def pictures(args, scenes: list[str], variants: list[str]) -> Path:
                 tiles.append(scene.images[pos])
             (_, rgb, _, _), = render_views(model, scene.cameras[[pos]], settings_for(run.config))
             tiles.append(np.clip(rgb, 0, 1))
+        tiles.append(error_image(tiles[-1], tiles[0]))
         rows.append(np.concatenate([_resized(t, PICTURE_TILE) for t in tiles], axis=1))
     out = ROOT / "docs" / "images" / f"sparse_real_{args.views}v.jpg"
     write_image(out, np.concatenate(rows, axis=0))

@@ -378,6 +378,14 @@ def render_test_views(run_dir: Path, limit: Optional[int] = None):
         yield ids[i], scene, positions[i], rgb
 
 
+ERROR_GAIN = 4.0  # error pictures: |render - ground truth| x4, so that small errors are visible
+
+
+def error_image(rgb: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """The error tile of every side-by-side picture."""
+    return np.clip(np.abs(rgb - gt) * ERROR_GAIN, 0.0, 1.0)
+
+
 def write_side_by_side(spec: BenchmarkSpec, case: BenchCase, method: str, seed: int, run_dir: Path) -> list[str]:
     """``OUT/images/<scene>/<method>_seed<k>_view<id>.png``: ground truth | render | |error| x4."""
     from splatkit.data.imageio_utils import write_image
@@ -385,7 +393,7 @@ def write_side_by_side(spec: BenchmarkSpec, case: BenchCase, method: str, seed: 
     out = []
     for vid, scene, pos, rgb in render_test_views(run_dir, SIDE_BY_SIDE_VIEWS):
         gt = scene.images[pos]
-        err = np.clip(np.abs(rgb - gt) * 4.0, 0.0, 1.0)  # x4 so small errors are visible
+        err = error_image(rgb, gt)
         path = spec.out / "images" / case.name / f"{method}_seed{seed}_view{vid:03d}.png"
         write_image(path, np.concatenate([gt, rgb, err], axis=1))
         out.append(str(path))
