@@ -51,6 +51,13 @@ def dense_case(case):
     return dataclasses.replace(case, train_ids=[i for i in range(n) if i not in tested])
 
 
+def row_preset(row: str, views: str) -> str:
+    """The preset a row trains (its name in the table, whether or not it has run yet)."""
+    if row == "3dgs":
+        return "cpu" if views == "dense" else BASE_PRESET
+    return {"nerf-sparse+free": "nerf-sparse"}.get(row, row)
+
+
 def plan_run(scene: str, views: str, row: str, out: Path):
     """``(spec, case, preset)`` of one cell."""
     from splatkit.eval.benchmark import BenchmarkSpec
@@ -62,7 +69,7 @@ def plan_run(scene: str, views: str, row: str, out: Path):
         # bench_sparse_real's own folder and config, so its finished runs serve both tables.
         return variant_spec("dtu", "all", int(views), GAUSSIAN_STEPS, default_out(int(views), GAUSSIAN_STEPS)), \
             case, BASE_PRESET
-    preset = {"3dgs": "cpu", "nerf-sparse+free": "nerf-sparse"}.get(row, row)
+    preset = row_preset(row, views)
     overrides = {**(FREE_NERF if row == "nerf-sparse+free" else {}), "preview_every": 0}
     spec = BenchmarkSpec(suite="dtu", out=out / views / row, views=len(case.train_ids), steps=None, device="cpu",
                          overrides=overrides)
@@ -76,15 +83,14 @@ def report(args, results: dict, load) -> str:
              + " | steps | minutes per run |", "|---|---|---|" + "---|" * (len(scenes) + 2)]
     for v in views:
         for row in [r for r in args.rows.split(",") if v in ROWS[r]]:
-            cells, minutes, steps, preset = [], [], set(), ""
+            cells, minutes, steps = [], [], set()
             for s in scenes:
                 rs = results.get((v, row, s), [])
                 vals = [r["mean"]["masked_psnr"] for r in rs]
                 cells.append(f"{mean_std(vals)} [{len(vals)}]" if vals else "-")
                 minutes += [r["train_time_s"] / 60 for r in rs if r.get("train_time_s")]
                 steps |= {r["steps"] for r in rs}
-                preset = preset or next((r["method"] for r in rs), "")
-            lines.append(f"| {v} | `{row}` | `{preset}` | " + " | ".join(cells)
+            lines.append(f"| {v} | `{row}` | `{row_preset(row, v)}` | " + " | ".join(cells)
                          + f" | {'/'.join(map(str, sorted(steps))) or '-'} | "
                          + (f"{np.mean(minutes):.1f} |" if minutes else "- |"))
     return f"""## Hash-grid NeRF beside 3DGS on real DTU scans
