@@ -221,8 +221,28 @@ def test_an_aborting_pycolmap_call_does_not_take_splatkit_down(tmp_path, photos)
 
 
 def test_bad_input_errors(tmp_path, photos):
-    with pytest.raises(DataError, match="at least two photos"):
+    with pytest.raises(DataError, match="at least two readable photos"):
         recover_poses(tmp_path, tmp_path / "out")
+    # Files named like photos that are not: named in a warning, left out, and a clear error when
+    # fewer than two photos remain (COLMAP would skip them silently and leave nothing to match).
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.jpg").write_text("not a photo")
+    (junk / "b.png").write_bytes(b"\x89PNG broken")
+    with pytest.warns(UserWarning, match="2 of 2 files are not readable images.*a.jpg, b.png"):
+        with pytest.raises(DataError, match="at least two readable photos"):
+            recover_poses(junk, tmp_path / "out_junk")
+    # A bad training flag fails before the (long) pose step starts.
+    from splatkit.app.train import train_command
+
+    with pytest.raises(SplatkitError, match="unknown preset 'nope'"):
+        train_command({"data": str(junk)}, preset="nope", quiet=True)
+    assert not (junk / "splatkit_poses").exists()
+    from splatkit.data.sfm.pipeline import _readable
+
+    real = sorted(p for p in Path(photos).iterdir() if p.suffix.lower() in (".png", ".jpg"))[:2]
+    with pytest.warns(UserWarning, match="1 of 3 files"):
+        assert _readable([real[0], junk / "a.jpg", real[1]]) == real
     with pytest.raises(SplatkitError, match="needs --vocab-tree"):
         recover_poses(photos, tmp_path / "out", PoseOptions(matching="vocabtree"))
     (tmp_path / "busy").mkdir()

@@ -30,6 +30,7 @@ def train_command(overrides: dict[str, Any], *, preset: Optional[str] = None,
         from splatkit.app.poses import needs_pose_step, pose_step_for_training
 
         if needs_pose_step(Path(overrides["data"])):  # plain photos: poses by SfM first (cached)
+            resolve_config(overrides, preset=preset, load_config=load_config)  # a bad flag fails before SfM
             overrides = {**overrides, "data": pose_step_for_training(Path(overrides["data"]), quiet=quiet)}
     config = resolve_config(overrides, preset=preset, load_config=load_config)
     trainer = Trainer(config, resume=resume, quiet=quiet)

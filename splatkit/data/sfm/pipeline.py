@@ -118,6 +118,27 @@ class PoseResult:
 Say = Callable[[str], None]
 
 
+def _listed(names: list[str], shown: int = 5) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _readable(photos: list[Path]) -> list[Path]:
+    """The photos whose headers decode; the others are named in a warning and left out (a stray
+    text file called .jpg should not end the run, nor reach COLMAP, which skips it silently)."""
+    from splatkit.data.readers._common import image_size
+
+    bad = []
+    for p in photos:
+        try:
+            image_size(p)
+        except DataError:
+            bad.append(p)
+    if bad:
+        warnings.warn(f"{len(bad)} of {len(photos)} files are not readable images and are left out: "
+                      f"{_listed([p.name for p in bad])}", stacklevel=3)
+    return [p for p in photos if p not in bad]
+
+
 def _sift_side(photos: list[Path], max_image_size: int) -> int:
     """The longest side SIFT sees: the largest photo's, capped at ``max_image_size`` (headers only)."""
     from PIL import Image
@@ -237,8 +258,9 @@ def recover_poses(images: str | Path, out: str | Path, options: Optional[PoseOpt
     options.check()
     say = say or print
     image_dir, photos = photo_files(Path(images))
+    photos = _readable(photos)
     if len(photos) < 2:
-        raise DataError("structure from motion needs a folder with at least two photos (.jpg, .png, ...)", images)
+        raise DataError("structure from motion needs a folder with at least two readable photos (.jpg, .png, ...)", images)
     out = Path(out)
     if image_dir.resolve() in (out.resolve(), (out / "images").resolve()):
         raise DataError("--out must not be the photo folder itself (undistorted images go to OUT/images)", out)
@@ -274,6 +296,9 @@ def recover_poses(images: str | Path, out: str | Path, options: Optional[PoseOpt
         "focal_factor", "peak_threshold")},
         "image_names": names}, sfm, label="feature extraction")
     keypoints = res["keypoints"]
+    if len(keypoints) < 2:  # COLMAP skips photos its decoder cannot read, without failing
+        raise DataError(f"feature extraction read {len(keypoints)} of {len(names)} photos (COLMAP could not decode "
+                        f"the others: {_listed(sorted(set(names) - set(keypoints)))})", image_dir)
     times["features"] = res["seconds"]
     say(f"      {res['seconds']:.1f} s, median {int(np.median(list(keypoints.values())))} features per photo")
 
