@@ -68,6 +68,21 @@ def setting_tag(sets: list[str]) -> str:
     return "_".join(f"{k}-{tag_value(v)}" for k, v in sorted(repair_settings(sets).items()))
 
 
+def effective_setting(sets: list[str], key: str):
+    """A ``diffusion_repair`` setting as the ``sparse-repair`` runs use it: ``--set``, else the
+    preset's, else the plugin's default."""
+    from splatkit.train.config import resolve_config
+
+    return resolve_config({"plugins": {"diffusion_repair": repair_settings(sets)}},
+                          preset=REPAIR).plugins["diffusion_repair"].get(key, _plugin_default(key))
+
+
+def _plugin_default(key: str):
+    from splatkit.priors.repair.plugin import DiffusionRepair
+
+    return getattr(DiffusionRepair.Config(), key)
+
+
 def run_folder(out: Path, views, steps: int, tag: str) -> Path:
     """Where a benchmark's runs of one view count go: other lengths and repair settings get their own
     folders (a finished run is only reused by the benchmark that asked for it)."""
@@ -273,7 +288,7 @@ def report(args, rows, load) -> str:
     title = f" ({', '.join(args.set)})" if args.set else ""
     seeds_note = (" Each row has the seeds whose two runs had finished or that the ledger records (`--report-only`)."
                   if args.report_only else "")
-    tuned = (", as pretrained: no per-scene fine-tune" if "tune_steps=0" in args.set
+    tuned = (", as pretrained: no per-scene fine-tune" if effective_setting(args.set, "tune_steps") == 0
              else ", fine-tuned per scene on the scene's own pairs")
     weights = next((v.split("=", 1)[1] for v in args.set if v.startswith("model=")), None)
     model = (f"the model `{weights}` (ours: the compact network, with the weights of that file{tuned})" if weights

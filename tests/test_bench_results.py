@@ -202,3 +202,13 @@ def test_bench_repair_lengths_and_settings_get_their_own_run_folders(tmp_path):
     tagged = bench_repair.run_folder(tmp_path, 3, 3000, bench_repair.setting_tag(["mix=additive", "tune_steps=0"]))
     assert len({default, longer, tagged}) == 3 and tagged == longer / "mix-additive_tune_steps-0"
     assert bench_repair.repair_settings(["tune_steps=0", "mix=additive"]) == {"tune_steps": 0, "mix": "additive"}
+
+
+def test_bench_repair_reads_settings_as_the_runs_use_them():
+    import bench_repair
+
+    # The preset skips the per-scene fine-tune; --set overrides it; unset keys fall to the plugin's default.
+    assert bench_repair.effective_setting([], "tune_steps") == 0
+    assert bench_repair.effective_setting(["tune_steps=300"], "tune_steps") == 300
+    assert bench_repair.effective_setting([], "mix") == "gaussian_object"
+    assert bench_repair.effective_setting(["mix=additive"], "mix") == "additive"
