@@ -25,8 +25,11 @@ def test_dtu_split_file_matches_the_protocol():
     assert test == [i for i in range(49) if i not in DTU_TRAIN + DTU_EXCLUDED]
     assert len(test) == 25 and test[:4] == [1, 2, 9, 10] and test[-3:] == [45, 46, 47]
     assert p.image_size == (400, 300) and p.downscale == 4 and p.light == 3
-    with pytest.raises(SplatkitError, match="not 4"):
-        p.train_views(4)
+    # Other counts (GaussianObject's 4 views) are the first k of the same order, with a warning.
+    with pytest.warns(UserWarning, match="not one of the DTU protocol's published counts.*25, 22, 28, 40"):
+        assert p.train_views(4) == [25, 22, 28, 40]
+    with pytest.raises(SplatkitError, match="cannot train on 10"):
+        p.train_views(10)
 
 
 def test_llff_split_rule():

@@ -459,7 +459,8 @@ class Benchmark:
     """Dataset folder (dtu: holds scan{N}/ or Rectified/; llff: holds fern/ ...; spare: the dataset).
     Synthetic: where the generated scenes go (default OUT/scenes)."""
     views: int = 3
-    """Training views: 3, 6 or 9 (DTU/LLFF/synthetic); SpaRe takes them from its split file."""
+    """Training views: 3, 6 or 9 (the published counts; DTU and synthetic take any other count up to 9 as
+    the first of the same ordered ids, with a warning); SpaRe takes them from its split file."""
     scans: Optional[str] = None
     """Scenes to run, comma separated (DTU scan numbers, LLFF scene names, SpaRe scene names,
     synthetic object seeds); default: every protocol scene found."""

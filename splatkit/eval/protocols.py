@@ -30,9 +30,18 @@ class DTUProtocol:
     light: int
 
     def train_views(self, k: int) -> list[int]:
+        """The first ``k`` ids of the protocol's order. Counts other than the published ones (3, 6,
+        9) are made the same way, with a warning (GaussianObject's 4 views, for example), so that
+        their figures are never mistaken for the protocol's."""
+        if not 1 <= k <= len(self.train_ids):
+            raise SplatkitError(f"the DTU protocol orders {len(self.train_ids)} training views "
+                                f"(published counts: {', '.join(map(str, self.view_counts))}); cannot train on {k}")
         if k not in self.view_counts:
-            raise SplatkitError(f"the DTU protocol defines {', '.join(map(str, self.view_counts))} training "
-                                f"views, not {k}")
+            import warnings
+
+            warnings.warn(f"{k} training views is not one of the DTU protocol's published counts "
+                          f"({', '.join(map(str, self.view_counts))}): using the first {k} of its ordered "
+                          f"training ids ({', '.join(map(str, self.train_ids[:k]))})", stacklevel=2)
         return list(self.train_ids[:k])
 
     def test_views(self) -> list[int]:
