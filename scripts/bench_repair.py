@@ -216,7 +216,8 @@ def main() -> None:
                     continue
                 else:
                     entry = measure_seed(args, suite, case, seed, out_for, extra, metric, scene, views)
-                    if args.write:
+                    # A reused pair is recorded once; re-reading it must not churn the committed ledger.
+                    if args.write and (not done or key not in ledger):
                         ledger = record_result(SECTION, key, entry)
                 for preset in (BASE, REPAIR):
                     row[preset].append(entry[preset])
