@@ -181,3 +181,21 @@ def test_verbose_keeps_the_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and "DataError" in err
     assert err.strip().splitlines()[-1].startswith(f"splatkit: error: {culprit}: ")
+
+
+def test_llff_benchmark_finds_the_scene_under_its_usual_folder_names(tmp_path):
+    """``--suite llff --scans fern`` finds ``fern/``, ``llff_fern/`` (how ../shared/data names it)
+    and ``nerf_llff_data/fern/``; a missing scene's error names the folders it looked for."""
+    from splatkit.errors import SplatkitError
+    from splatkit.eval.benchmark import llff_cases
+
+    for sub in ("fern", "llff_fern", "nerf_llff_data/fern"):
+        root = tmp_path / sub.replace("/", "_")
+        (root / sub).mkdir(parents=True)
+        _llff(root / sub, 9, 9)
+        for scenes in (["fern"], None):  # by name, and found without --scans
+            (case,) = llff_cases(root, scenes, 3)
+            assert case.name == "fern" and case.data == root / sub
+            assert case.test_ids == [0, 8] and len(case.train_ids) == 3
+    with pytest.raises(SplatkitError, match=r"'horns' not found .*horns/, llff_horns/, nerf_llff_data/horns/"):
+        llff_cases(tmp_path / "fern", ["horns"], 3)

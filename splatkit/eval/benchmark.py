@@ -126,19 +126,31 @@ def _downscale_to(folder: Path, width: int) -> int:
     return max(1, w // width)
 
 
+def _llff_folder(root: Path, name: str) -> Optional[Path]:
+    """The scene's folder: ``root/NAME``, ``root/llff_NAME`` (how ``../shared/data`` names it) or the
+    official release's ``root/nerf_llff_data/NAME``."""
+    return next((p for p in _llff_candidates(root, name) if p.is_dir()), None)
+
+
+def _llff_candidates(root: Path, name: str) -> tuple[Path, ...]:
+    return root / name, root / f"llff_{name}", root / "nerf_llff_data" / name
+
+
 def llff_cases(root: Path, scenes: Optional[Sequence[str]], views: int) -> list[BenchCase]:
     from splatkit.data import load_scene
     from splatkit.eval.protocols import llff_protocol
 
     proto = llff_protocol()
-    names = list(scenes) if scenes else [s for s in proto.scenes if (root / s).is_dir()]
+    names = list(scenes) if scenes else [s for s in proto.scenes if _llff_folder(root, s) is not None]
     if not names:
-        raise SplatkitError(f"no LLFF scene ({', '.join(proto.scenes)}) found under {root}")
+        raise SplatkitError(f"no LLFF scene ({', '.join(proto.scenes)}) found under {root} "
+                            "(looked for NAME/, llff_NAME/, nerf_llff_data/NAME/)")
     cases = []
     for name in names:
-        folder = root / name
-        if not folder.is_dir():
-            raise SplatkitError(f"LLFF scene {name!r} not found under {root}")
+        folder = _llff_folder(root, name)
+        if folder is None:
+            looked = ", ".join(str(p.relative_to(root)) + "/" for p in _llff_candidates(root, name))
+            raise SplatkitError(f"LLFF scene {name!r} not found under {root} (looked for {looked})")
         scene = load_scene(folder, downscale=proto.downscale)
         order = np.argsort(scene.names, kind="stable")  # the protocol indexes images sorted by name
         train_pos, test_pos = proto.split(len(scene), views)
