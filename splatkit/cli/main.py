@@ -456,7 +456,8 @@ class Benchmark:
 
     suite: Literal["dtu", "spare", "llff", "synthetic"] = "synthetic"
     root: Optional[Path] = None
-    """Dataset folder (dtu: holds scan{N}/ or Rectified/; llff: holds fern/ ...; spare: the dataset).
+    """Dataset folder (dtu: holds scan{N}/, dtu_scan{N}/ or Rectified/; llff: holds fern/, llff_fern/ or
+    nerf_llff_data/fern/ ...; spare: the dataset).
     Synthetic: where the generated scenes go (default OUT/scenes)."""
     views: int = 3
     """Training views: 3, 6 or 9 (the published counts; DTU and synthetic take any other count up to 9 as
