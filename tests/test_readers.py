@@ -543,6 +543,25 @@ def test_llff_rotation_convention():
     np.testing.assert_array_equal(llff_to_opencv_rotation(R_llff), np.eye(3))
 
 
+def test_llff_with_only_prebuilt_images(tmp_path):
+    """A download with images_2/ and no images/ (fern in ../shared/data has only images_8/): an
+    error that names the --downscale that works; with it, or a multiple, the prebuilt folder is read."""
+    from splatkit.errors import DataError
+
+    c2ws, Ks = write_llff(tmp_path, focal_full=60.0)  # hwf: 64x48; stored 32x24, i.e. images_2
+    (tmp_path / "images").rename(tmp_path / "images_2")
+    with pytest.raises(DataError, match=r"images/ holds no images, only the prebuilt images_2/: pass --downscale 2"):
+        load_scene(tmp_path)
+    with pytest.raises(DataError, match="pass --downscale 2"):
+        load_scene(tmp_path, downscale=3)
+    scene = load_scene(tmp_path, downscale=2)
+    assert scene.images[0].shape[:2] == (H, W)
+    np.testing.assert_allclose(scene.cameras.Ks[0], Ks[0], atol=1e-12)
+    scene = load_scene(tmp_path, downscale=4)  # images_2 block-averaged by 2 more
+    assert scene.images[0].shape[:2] == (H // 2, W // 2)
+    np.testing.assert_allclose(scene.cameras.Ks[0][0, 0], Ks[0][0, 0] / 2, atol=1e-12)
+
+
 def test_llff(tmp_path):
     c2ws, Ks = write_llff(tmp_path, focal_full=60.0)
     for k in range(N_VIEWS):

@@ -53,13 +53,35 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def prebuilt_dir(root: Path, base: str, downscale: int) -> tuple[Path, int]:
-    """``root/base_{d}`` when the user asked for downscale ``d`` and that prebuilt folder exists
-    (the COLMAP/LLFF/nerfstudio habit), with the factor still to apply; else ``root/base``."""
+    """The image folder to read and the block-average factor still to apply to it.
+
+    ``root/base_{d}`` when the user asked for downscale ``d`` and that prebuilt folder exists (the
+    COLMAP/LLFF/nerfstudio habit), else ``root/base``. A download often holds only the prebuilt
+    folders (LLFF's ``images_8/`` without ``images/``): then the largest prebuilt factor that
+    divides ``d`` is read and the rest block-averaged, and when none divides it the error says
+    which ``--downscale`` values work."""
     if downscale > 1:
         pre = root / f"{base}_{downscale}"
         if pre.is_dir() and list_images(pre):
             return pre, 1
-    return root / base, downscale
+    full = root / base
+    if list_images(full):
+        return full, downscale
+    prebuilt = {}
+    for folder in root.glob(f"{base}_*"):
+        factor = folder.name[len(base) + 1:]
+        if factor.isdigit() and int(factor) > 1 and folder.is_dir() and list_images(folder):
+            prebuilt[int(factor)] = folder
+    if not prebuilt:
+        return full, downscale  # the reader says what is missing
+    usable = [f for f in prebuilt if downscale % f == 0]
+    if usable:
+        factor = max(usable)
+        return prebuilt[factor], downscale // factor
+    have = ", ".join(f"{prebuilt[f].name}/" for f in sorted(prebuilt))
+    raise DataError(f"{base}/ holds no images, only the prebuilt {have}: pass --downscale "
+                    f"{' or '.join(str(f) for f in sorted(prebuilt))} (or a multiple), or add the full-size "
+                    f"images to {base}/", root)
 
 
 def image_size(path: Path) -> tuple[int, int]:
