@@ -297,7 +297,8 @@ PICTURE_TILE = (300, 225)  # every tile's (width, height): DTU's and LLFF's 4:3 
 
 def pictures(args, scenes: list[str], variants: list[str]) -> Path:
     """One row per scene: ground truth | each variant's render of one test view (seed 0 runs) |
-    the last variant's error (|render - ground truth| x4, as ``splatkit benchmark`` draws it)."""
+    the last variant's error (|render - ground truth| x4, as ``splatkit benchmark`` draws it; on
+    DTU inside the object mask only, the pixels its masked PSNR scores)."""
     from splatkit.data.imageio_utils import write_image
     from splatkit.eval.benchmark import error_image
     from splatkit.methods.scoring import render_views, settings_for
@@ -317,7 +318,10 @@ def pictures(args, scenes: list[str], variants: list[str]) -> Path:
                 tiles.append(scene.images[pos])
             (_, rgb, _, _), = render_views(model, scene.cameras[[pos]], settings_for(run.config))
             tiles.append(np.clip(rgb, 0, 1))
-        tiles.append(error_image(tiles[-1], tiles[0]))
+        err = error_image(tiles[-1], tiles[0])
+        if SCENES[scene_name][0] == "dtu" and scene.masks is not None:  # only what the masked metric scores
+            err = err * scene.masks[pos][..., None]
+        tiles.append(err)
         rows.append(np.concatenate([_resized(t, PICTURE_TILE) for t in tiles], axis=1))
     out = ROOT / "docs" / "images" / f"sparse_real_{args.views}v.jpg"
     write_image(out, np.concatenate(rows, axis=0))
