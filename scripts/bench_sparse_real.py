@@ -57,7 +57,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchdoc import load_average, load_results, machine_info, mean_std, record_result, write_section  # noqa: E402
+from benchdoc import cpu_model, load_average, load_results, machine_info, mean_std, record_result, write_section  # noqa: E402
 
 SECTION = "bench_sparse_real"
 SHARED = ROOT.parent / "shared" / "data"
@@ -266,8 +266,10 @@ def main() -> None:
         for seed in seeds:
             key = result_key(args.views, args.steps, scene, variant, seed)
             done = _run_done(spec.out / "runs" / case.name / BASE_PRESET / f"seed{seed}")
+            machine = cpu_model() if done else None  # a run folder never outlives its machine
             if key in ledger and not done and not args.fresh:
                 record = ledger[key]  # measured on a machine whose run folder is gone
+                machine = record.get("machine")
             elif args.report_only and not done:
                 continue  # never touch a run another process may be training
             else:
@@ -278,7 +280,8 @@ def main() -> None:
                     ledger = record_result(SECTION, key, {
                         "mean": {metric: record["mean"][metric]}, "train_time_s": record.get("train_time_s"),
                         "num_gaussians": record.get("num_gaussians")})
-            results.setdefault((scene, variant), []).append({**record, "seed": seed})
+                machine = cpu_model()
+            results.setdefault((scene, variant), []).append({**record, "seed": seed, "machine": machine})
             # The section is rewritten after every run: a long measurement shows what has finished.
             text = report(args, scenes, order, results, load, len(plan) * len(seeds))
             if args.write:
@@ -336,6 +339,18 @@ def _resized(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return t[0].permute(1, 2, 0).clamp(0, 1).numpy()
 
 
+def runs_by_machine(results) -> str:
+    """Where the table's runs trained (the ledger's ``machine``): its times come from there, not
+    from the machine that wrote the table."""
+    from collections import Counter
+
+    count = Counter(r.get("machine") for rs in results.values() for r in rs)
+    known = [f"{n} on {m}" for m, n in sorted(count.items(), key=lambda mn: -mn[1]) if m]
+    if count.get(None):
+        known.append(f"{count[None]} recorded before the ledger named the machine")
+    return f"Runs: {'; '.join(known)}." if known else ""
+
+
 def report(args, scenes, order, results, load, planned: int) -> str:
     """Variants as rows, scenes as columns: mean ± std over seeds (and how many), the difference
     to ``plain`` in brackets."""
@@ -363,7 +378,7 @@ def report(args, scenes, order, results, load, planned: int) -> str:
 `python scripts/bench_sparse_real.py --views {args.views} --scenes {args.scenes} --steps {args.steps} --seeds {args.seeds}
 {'' if args.variants is None else f'--variants {args.variants} '}--write` on {machine_info()}; load
 average {'unknown' if load is None else f'{load:.1f}'} at the start (the machine is shared: times are
-upper bounds). {args.views} training views (DTU: the protocol's first {args.views} of 25, 22, 28, 40, 44, 48, 0, 8, 13,
+upper bounds). {runs_by_machine(results)} {args.views} training views (DTU: the protocol's first {args.views} of 25, 22, 28, 40, 44, 48, 0, 8, 13,
 masked PSNR over the 25 protocol test views; fern: x8, every 8th image held out, PSNR), {args.steps} steps; each
 cell is the mean ± std over the seeds that finished [how many], its difference to `plain` in brackets;
 {done} of {planned} planned runs ("-": not run). `plain`: random init of 10k points in the sphere every camera

@@ -17,15 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
-def machine_info() -> str:
-    model = "unknown CPU"
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return "unknown CPU"
+
+
+def machine_info() -> str:
+    model = cpu_model()
     gpu = ""
     if torch.cuda.is_available():  # the figures of a GPU run depend on the card first
         gpu = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}) with "
@@ -103,6 +106,8 @@ def record_result(name: str, key: str, entry: dict) -> dict[str, dict]:
     with open(path.with_name(path.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         ledger = load_results(name)
-        ledger[key] = {**entry, "recorded": datetime.date.today().isoformat()}
+        # The machine too: a ledger outlives machines, and a table rebuilt from it elsewhere must
+        # not credit its times to the machine that rebuilt it.
+        ledger[key] = {"machine": cpu_model(), **entry, "recorded": datetime.date.today().isoformat()}
         write_text_atomic(path, json.dumps(dict(sorted(ledger.items())), indent=1) + "\n")
     return ledger

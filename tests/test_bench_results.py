@@ -26,8 +26,17 @@ def test_record_result_adds_replaces_and_keeps_others(tmp_path, monkeypatch):
     assert list(ledger) == ["3v/3000/a/all/seed0", "3v/3000/b/all/seed0"]
     assert ledger["3v/3000/b/all/seed0"]["mean"] == {"psnr": 21.0}
     assert "recorded" in ledger["3v/3000/b/all/seed0"]
+    assert ledger["3v/3000/b/all/seed0"]["machine"] == benchdoc.cpu_model()  # where its times come from
     on_disk = json.loads((tmp_path / "results" / "demo.json").read_text())
     assert on_disk == ledger == benchdoc.load_results("demo")
+
+
+def test_table_header_counts_the_runs_by_the_machine_that_trained_them():
+    results = {("fern", "all"): [{"machine": "CPU A"}, {"machine": "CPU A"}, {"machine": None}],
+               ("fern", "plain"): [{"machine": "CPU B"}]}
+    assert bench_sparse_real.runs_by_machine(results) == (
+        "Runs: 2 on CPU A; 1 on CPU B; 1 recorded before the ledger named the machine.")
+    assert bench_sparse_real.runs_by_machine({}) == ""
 
 
 def _doc_section(section: str) -> str:
