@@ -114,3 +114,20 @@ def test_pip_install_outside_the_checkout(tmp_path):
     _run([splatkit, "train", "--preset", "sparse", "--steps", "2", "--out", "run_sparse", *common], work, env)
     saved = json.loads((work / "run_sparse" / "config.json").read_text())
     assert saved.get("preset") == "sparse"
+
+
+def test_import_sets_passive_openmp_waiting_unless_the_user_chose():
+    """Spinning OpenMP threads made a step 14x slower on a shared 2-core CPU (docs/benchmarks.md);
+    ``import splatkit`` asks for passive waiting before torch loads the runtime, and an exported
+    value wins."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, splatkit; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
