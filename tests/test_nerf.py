@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from splatkit.cli.main import main
+from splatkit.data.cameras import Cameras
 from splatkit.errors import SplatkitError
 from splatkit.methods import load_checkpoint
 from splatkit.models.nerf_field import NerfModel, camera_rays
@@ -79,7 +80,7 @@ def test_nerf_trains_resumes_exactly_evaluates_and_renders_through_the_cli(scene
     assert "nerfacc" in sys.modules and "nerfacc.cuda._backend" not in sys.modules
 
 
-def _dense_model(scene_dir) -> tuple[NerfModel, "Cameras"]:
+def _dense_model(scene_dir) -> tuple[NerfModel, Cameras]:
     """An untrained NeRF with a density worth rendering (a random hash table) and every occupancy
     cell on, and two of the scene's cameras."""
     from splatkit.data import load_scene
