@@ -260,13 +260,14 @@ def main() -> None:
     section = SECTION if args.views == 3 else f"{SECTION}_{args.views}v"
     text = ""
     ledger = load_results(SECTION)
+    here = cpu_model()
     for scene, suite, case, variant in plan:
         spec = variant_spec(suite, variant, args.views, args.steps, args.out)
         metric = "masked_psnr" if suite == "dtu" else "psnr"
         for seed in seeds:
             key = result_key(args.views, args.steps, scene, variant, seed)
             done = _run_done(spec.out / "runs" / case.name / BASE_PRESET / f"seed{seed}")
-            machine = cpu_model() if done else None  # a run folder never outlives its machine
+            machine = here  # a run folder never outlives its machine
             if key in ledger and not done and not args.fresh:
                 record = ledger[key]  # measured on a machine whose run folder is gone
                 machine = record.get("machine")
@@ -280,7 +281,6 @@ def main() -> None:
                     ledger = record_result(SECTION, key, {
                         "mean": {metric: record["mean"][metric]}, "train_time_s": record.get("train_time_s"),
                         "num_gaussians": record.get("num_gaussians")})
-                machine = cpu_model()
             results.setdefault((scene, variant), []).append({**record, "seed": seed, "machine": machine})
             # The section is rewritten after every run: a long measurement shows what has finished.
             text = report(args, scenes, order, results, load, len(plan) * len(seeds))

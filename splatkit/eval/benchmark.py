@@ -99,8 +99,7 @@ def dtu_cases(root: Path, scans: Optional[Sequence[str]], views: int) -> list[Be
     wanted = [_scan_number(s) for s in scans] if scans else list(proto.test_scans)
     cases = []
     for n in wanted:
-        folder = next((p for p in (root / f"scan{n}", root / f"dtu_scan{n}", root / "Rectified" / f"scan{n}")
-                       if p.is_dir()), None)
+        folder = _first_dir((root / f"scan{n}", root / f"dtu_scan{n}", root / "Rectified" / f"scan{n}"))
         if folder is None:
             if scans:  # asked for by name: its absence is an error
                 raise SplatkitError(f"DTU scan {n} not found under {root} (looked for scan{n}/, dtu_scan{n}/, "
@@ -126,10 +125,14 @@ def _downscale_to(folder: Path, width: int) -> int:
     return max(1, w // width)
 
 
+def _first_dir(candidates: Sequence[Path]) -> Optional[Path]:
+    return next((p for p in candidates if p.is_dir()), None)
+
+
 def _llff_folder(root: Path, name: str) -> Optional[Path]:
     """The scene's folder: ``root/NAME``, ``root/llff_NAME`` (how ``../shared/data`` names it) or the
     official release's ``root/nerf_llff_data/NAME``."""
-    return next((p for p in _llff_candidates(root, name) if p.is_dir()), None)
+    return _first_dir(_llff_candidates(root, name))
 
 
 def _llff_candidates(root: Path, name: str) -> tuple[Path, ...]:
