@@ -12,31 +12,16 @@ scores.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchdoc import load_average, machine_info, write_section  # noqa: E402
+from benchdoc import load_average, machine_info, run_cli, write_section  # noqa: E402
 
 SECTION = "bench_auto_schedule"
 FERN = ROOT.parent / "shared" / "data" / "llff_fern"
-
-
-def _run(args: list[str], out: Path) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    subprocess.run([str(ROOT / ".venv" / "bin" / "splatkit"), "train", *args, "--out", str(out), "--quiet"],
-                   check=True)
-    wall = time.perf_counter() - start
-    summary = json.loads((out / "train_summary.json").read_text())
-    config = json.loads((out / "config.json").read_text())
-    return {"wall": wall, "summary": summary, "config": config}
 
 
 def main() -> None:
@@ -57,7 +42,7 @@ def main() -> None:
     cases.append(("synthetic, 50 views, 135x240", ["--data", str(scene)], "synthetic"))
     rows = []
     for label, cli, name in cases:
-        r = _run(cli, args.out / name)
+        r = run_cli(cli, args.out / name)
         s, c = r["summary"], r["config"]
         m = s["mean"]
         rows.append(f"| {label} | `{c['preset']}`, {c['steps']} steps | {r['wall'] / 60:.1f} | {s['num_gaussians']:,} | "

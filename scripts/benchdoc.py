@@ -44,6 +44,22 @@ def load_average() -> float | None:
         return None
 
 
+def wait_for_quiet(below: float = 0.3, max_wait_s: float = 300.0, say=print) -> float | None:
+    """Wait until the one-minute load average falls below ``below`` (at most ``max_wait_s``) and
+    return it: a timing meant to be taken alone should not start in the tail of the previous job
+    (the average decays over about a minute after the machine goes quiet)."""
+    import time
+
+    load = load_average()
+    deadline = time.monotonic() + max_wait_s
+    if load is not None and load >= below:
+        say(f"waiting for the machine to go quiet (load average {load:.2f}, waiting for < {below})")
+    while load is not None and load >= below and time.monotonic() < deadline:
+        time.sleep(5.0)
+        load = load_average()
+    return load
+
+
 def mean_std(values, digits: int = 2) -> str:
     """``mean ± std`` of the values that are not None (the value alone when there is one)."""
     import numpy as np
@@ -111,3 +127,35 @@ def record_result(name: str, key: str, entry: dict) -> dict[str, dict]:
         ledger[key] = {"machine": cpu_model(), **entry, "recorded": datetime.date.today().isoformat()}
         write_text_atomic(path, json.dumps(dict(sorted(ledger.items())), indent=1) + "\n")
     return ledger
+
+
+# Launches `splatkit` in a child process with torch (and so the OpenMP runtime) loaded before
+# splatkit's import can set OMP_WAIT_POLICY: what a script that imports torch first gets.
+TORCH_FIRST = ("import sys, torch; from splatkit.cli.main import main; "
+               "sys.exit(main(sys.argv[1:]))")
+
+
+def run_cli(args: list[str], out: Path, env: dict | None = None, torch_first: bool = False) -> dict:
+    """Run ``splatkit train ARGS --out OUT --quiet`` in a child process, as a user runs it (``OUT``
+    replaced; ``env``: the child's whole environment, this one's when None), and return its wall
+    time, CPU time (user + system), peak memory, training summary and config. The child's own
+    resource usage (``os.wait4``), not that of every child so far."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    shutil.rmtree(out, ignore_errors=True)
+    launch = ["-c", TORCH_FIRST] if torch_first else ["-m", "splatkit.cli.main"]
+    cmd = [sys.executable, *launch, "train", *args, "--out", str(out), "--quiet"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "peak_rss_gb": usage.ru_maxrss / 2**20,
+            "summary": json.loads((out / "train_summary.json").read_text()),
+            "config": json.loads((out / "config.json").read_text()), "run": out}

@@ -221,3 +221,25 @@ def test_bench_repair_reads_settings_as_the_runs_use_them():
     assert bench_repair.effective_setting(["tune_steps=300"], "tune_steps") == 300
     assert bench_repair.effective_setting([], "mix") == "gaussian_object"
     assert bench_repair.effective_setting(["mix=additive"], "mix") == "additive"
+
+
+def test_run_cli_times_a_child_run_and_reports_failure(scene_dir, tmp_path):
+    """The benchmark scripts' launcher: a `splatkit train` child (torch loaded first, as the OpenMP
+    benchmark launches libgomp's default), its own usage, summary and config; a failing command raises."""
+    import subprocess
+
+    import bench_cpu_sharing
+
+    out = tmp_path / "run"
+    env = bench_cpu_sharing.child_env({"OMP_NUM_THREADS": "1"})
+    assert not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "SPLATKIT_CPU_THREADS"} & set(env)
+    r = benchdoc.run_cli(["--data", str(scene_dir), "--preset", "fast", "--steps", "4", "--set", "log_every=2"],
+                         out, env=env, torch_first=True)
+    assert r["summary"]["step"] == 4 and r["config"]["steps"] == 4 and r["run"] == out
+    assert 0 < r["cpu"] and 0 < r["wall"] and 0.05 < r["peak_rss_gb"] < 16
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    first, last = log[0], log[-1]
+    assert bench_cpu_sharing.log_rate(out) == pytest.approx((last["step"] - first["step"])
+                                                            / (last["elapsed_s"] - first["elapsed_s"]))
+    with pytest.raises(subprocess.CalledProcessError):
+        benchdoc.run_cli(["--data", str(tmp_path / "missing")], tmp_path / "bad")
