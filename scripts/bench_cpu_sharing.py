@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchdoc import machine_info, run_cli, wait_for_quiet, write_section  # noqa: E402
+from benchdoc import child_env, machine_info, run_cli, wait_for_quiet, write_section  # noqa: E402
 
 SECTION = "bench_cpu_sharing"
 
@@ -50,13 +49,6 @@ POLICIES = {
 # niced; a niced child of this script would not (measured: no slowdown at all).
 LOAD = ("import torch\ntorch.set_num_threads(1)\na = torch.randn(384, 384)\n"
         "while True:\n    a = torch.tanh(a @ a)\n")
-CLEAN = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "SPLATKIT_CPU_THREADS")
-
-
-def child_env(extra: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN}
-    return {**env, **extra}
-
 
 def log_rate(run: Path) -> float:
     """Steps per second between the first and the last step the run logged."""

@@ -9,6 +9,7 @@ import platform
 import re
 from pathlib import Path
 
+import splatkit  # before torch: the package's OpenMP waiting policy, as a user's run gets it
 import torch
 
 from splatkit.utils.atomic import write_text_atomic
@@ -33,8 +34,8 @@ def machine_info() -> str:
     if torch.cuda.is_available():  # the figures of a GPU run depend on the card first
         gpu = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}) with "
     return (f"{gpu}{model}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
-            f"{datetime.date.today().isoformat()}")
+            f"({torch.get_num_threads()} threads, OpenMP waiting {splatkit.openmp_wait_policy()}), "
+            f"Python {platform.python_version()}, {datetime.date.today().isoformat()}")
 
 
 def load_average() -> float | None:
@@ -127,6 +128,17 @@ def record_result(name: str, key: str, entry: dict) -> dict[str, dict]:
         ledger[key] = {"machine": cpu_model(), **entry, "recorded": datetime.date.today().isoformat()}
         write_text_atomic(path, json.dumps(dict(sorted(ledger.items())), indent=1) + "\n")
     return ledger
+
+
+# What decides how a child's OpenMP threads wait and how many there are; child_env starts from none of it.
+THREAD_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "SPLATKIT_CPU_THREADS")
+
+
+def child_env(extra: dict) -> dict:
+    """This process's environment without the thread settings, plus ``extra``: a child measured
+    under one policy must not inherit another from the shell (or from this process's splatkit)."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_SETTINGS}
+    return {**env, **extra}
 
 
 # Launches `splatkit` in a child process with torch (and so the OpenMP runtime) loaded before

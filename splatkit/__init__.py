@@ -1,16 +1,29 @@
 """splatkit: sparse-view 3D reconstruction with Gaussian splats and hash-grid NeRFs."""
 
 import os as _os
+import sys as _sys
 
 # OpenMP threads that spin while they wait (libgomp's default) ruin a shared CPU: on 2 cores with
 # one other busy process a training step ran 14x slower than with passive waiting, which costs
 # nothing measurable on an idle machine (docs/benchmarks.md, "OpenMP waiting on a shared CPU").
 # The policy is read once, when the OpenMP runtime loads with torch, so it is set before anything
 # imports torch; a value the user exported (OMP_WAIT_POLICY=ACTIVE) wins.
+# Torch loaded first (a script's `import torch` above `import splatkit`): its runtime has read the
+# policy already, and the value set here reaches only child processes.
+_OMP_POLICY_AT_LOAD = None if "torch" not in _sys.modules else _os.environ.get("OMP_WAIT_POLICY", "")
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def openmp_wait_policy() -> str:
+    """How this process's OpenMP threads wait: ``passive``, ``active`` or ``libgomp default`` (spin
+    about 3 ms, then sleep; what a process gets when torch loaded before splatkit and nothing was
+    exported). Benchmarks record it: it moves a step's time by a tenth on an idle CPU and 10x on
+    a shared one (docs/benchmarks.md)."""
+    value = _os.environ.get("OMP_WAIT_POLICY", "") if _OMP_POLICY_AT_LOAD is None else _OMP_POLICY_AT_LOAD
+    return value.strip().lower() if value.strip().lower() in ("passive", "active") else "libgomp default"
 
 __version__ = "0.1.0"
 
 from splatkit.errors import SplatkitError  # noqa: E402
 
-__all__ = ["SplatkitError", "__version__"]
+__all__ = ["SplatkitError", "__version__", "openmp_wait_policy"]

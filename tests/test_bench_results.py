@@ -231,7 +231,7 @@ def test_run_cli_times_a_child_run_and_reports_failure(scene_dir, tmp_path):
     import bench_cpu_sharing
 
     out = tmp_path / "run"
-    env = bench_cpu_sharing.child_env({"OMP_NUM_THREADS": "1"})
+    env = benchdoc.child_env({"OMP_NUM_THREADS": "1"})
     assert not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "SPLATKIT_CPU_THREADS"} & set(env)
     r = benchdoc.run_cli(["--data", str(scene_dir), "--preset", "fast", "--steps", "4", "--set", "log_every=2"],
                          out, env=env, torch_first=True)
