@@ -123,7 +123,7 @@ def main() -> None:
     load_note = "machine load unknown" if load_before is None else f"load average {load_before:.1f} at the start"
     text = f"""## OpenMP waiting on a shared CPU
 
-`python scripts/bench_cpu_sharing.py --shared-steps {args.shared_steps} --idle-steps {args.idle_steps} --repeats {args.repeats} --write` on {machine_info()}; {load_note}.
+`python scripts/bench_cpu_sharing.py --shared-steps {args.shared_steps} --idle-steps {args.idle_steps} --repeats {args.repeats} --write` on {machine_info(openmp="per row")}; {load_note}.
 `splatkit train --data SCENE --preset fast --steps N` on the demo's scene, one child process per
 run; the rate (steps per second) is read from the run's log between its first and last logged step.
 "Shared": a load process (one thread of matrix products, in a session of its own) keeps a core

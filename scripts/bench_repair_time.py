@@ -97,7 +97,7 @@ def main() -> None:
         if args.openmp == "active" else "libgomp's own: torch loaded before splatkit, nothing exported"
     text = f"""## A sparse-view run with the diffusion repair: the time a user waits (OpenMP waiting {args.openmp})
 
-`python scripts/bench_repair_time.py --cases {','.join(keys)} --scan {args.scan} --seed {args.seed} --openmp {args.openmp} --write` on {machine_info()}; {load_note}.
+`python scripts/bench_repair_time.py --cases {','.join(keys)} --scan {args.scan} --seed {args.seed} --openmp {args.openmp} --write` on {machine_info(openmp=args.openmp)}; {load_note}.
 The runs' OpenMP threads wait `{args.openmp}` ({policy}).
 `splatkit train --data dtu_scan{args.scan} --train-views {TRAIN_VIEWS} --seed {args.seed} ...` in a child
 process, {s['step']} steps, evaluated on the scan's {len(s['test_views'])} default test views: the wall time is the whole

@@ -28,13 +28,15 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
-def machine_info() -> str:
+def machine_info(openmp: str | None = None) -> str:
+    """The machine, torch and the OpenMP waiting policy the figures ran with (``openmp``: the
+    policy of the measured child processes when it is not this process's)."""
     model = cpu_model()
     gpu = ""
     if torch.cuda.is_available():  # the figures of a GPU run depend on the card first
         gpu = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}) with "
     return (f"{gpu}{model}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads, OpenMP waiting {splatkit.openmp_wait_policy()}), "
+            f"({torch.get_num_threads()} threads, OpenMP waiting {openmp or splatkit.openmp_wait_policy()}), "
             f"Python {platform.python_version()}, {datetime.date.today().isoformat()}")
 
 

@@ -4,8 +4,11 @@ import os as _os
 import sys as _sys
 
 # OpenMP threads that spin while they wait (libgomp's default) ruin a shared CPU: on 2 cores with
-# one other busy process a training step ran 14x slower than with passive waiting, which costs
-# nothing measurable on an idle machine (docs/benchmarks.md, "OpenMP waiting on a shared CPU").
+# one other busy program a training step ran 10x slower than with passive waiting. On an idle
+# machine passive waiting costs 5-10% of a Gaussian training step and about 30% of the diffusion
+# repair's small-tensor work (a 3-view repair run 19:08 against 14:58), a smaller loss than 10x
+# (docs/benchmarks.md, "OpenMP waiting on a shared CPU"); export OMP_WAIT_POLICY=ACTIVE on a
+# dedicated machine.
 # The policy is read once, when the OpenMP runtime loads with torch, so it is set before anything
 # imports torch; a value the user exported (OMP_WAIT_POLICY=ACTIVE) wins.
 # Torch loaded first (a script's `import torch` above `import splatkit`): its runtime has read the
