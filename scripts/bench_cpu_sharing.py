@@ -50,6 +50,7 @@ POLICIES = {
 LOAD = ("import torch\ntorch.set_num_threads(1)\na = torch.randn(384, 384)\n"
         "while True:\n    a = torch.tanh(a @ a)\n")
 
+
 def log_rate(run: Path) -> float:
     """Steps per second between the first and the last step the run logged."""
     entries = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]

@@ -8,7 +8,8 @@ user waits for: loading, the plane-sweep stereo init, training (with the repair'
 fine-tune and pseudo views) and the test scores. The stage times come from the run's own
 `repair/report.json`.
 
-    .venv/bin/python scripts/bench_repair_time.py [--cases tune300,shipped,sparse] [--scan 65] [--seed 0] [--write]
+    .venv/bin/python scripts/bench_repair_time.py [--cases tune300,shipped,sparse] [--scan 65] [--seed 0]
+        [--openmp passive|default|active] [--write]
 
 Run it alone on the machine: the times are the figures the target is about.
 """
