@@ -29,17 +29,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchdoc import child_env, machine_info, run_cli, wait_for_quiet, write_section  # noqa: E402
+from benchdoc import OPENMP_POLICIES, child_env, machine_info, run_cli, wait_for_quiet, write_section  # noqa: E402
 
 SECTION = "bench_cpu_sharing"
 
 # (label, environment set for the child, torch imported before splatkit)
 POLICIES = {
-    "default": ("libgomp's default (spin about 3 ms, then sleep): a script that imports torch before "
-                "splatkit", {}, True),
-    "active": ("active (`OMP_WAIT_POLICY=ACTIVE`: spin until the barrier opens)", {"OMP_WAIT_POLICY": "ACTIVE"}, False),
+    "default": OPENMP_POLICIES["default"],
+    "active": OPENMP_POLICIES["active"],
     "spin20k": ("`GOMP_SPINCOUNT=20000` (spin briefly, then sleep)", {"GOMP_SPINCOUNT": "20000"}, False),
-    "passive": ("passive (`OMP_WAIT_POLICY=PASSIVE`, what `import splatkit` sets)", {}, False),
+    "passive": OPENMP_POLICIES["passive"],
     "one_thread": ("one thread (`SPLATKIT_CPU_THREADS=1 OMP_NUM_THREADS=1`)",
                    {"SPLATKIT_CPU_THREADS": "1", "OMP_NUM_THREADS": "1"}, False),
 }

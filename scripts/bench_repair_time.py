@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchdoc import child_env, machine_info, run_cli, wait_for_quiet, write_section  # noqa: E402
+from benchdoc import OPENMP_POLICIES, child_env, machine_info, run_cli, wait_for_quiet, write_section  # noqa: E402
 
 SECTION = "bench_repair_time"
 SHARED = ROOT.parent / "shared" / "data"
@@ -38,11 +38,6 @@ CASES = {
     "sparse": ("`--preset sparse` (no repair)", ["--preset", "sparse"]),
 }
 
-# How the children's OpenMP threads wait: (environment, torch imported before splatkit). `passive`
-# is what `import splatkit` sets; `default` is libgomp's own (spin about 3 ms, then sleep).
-OPENMP = {"passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, False), "active": ({"OMP_WAIT_POLICY": "ACTIVE"}, False),
-          "default": ({}, True)}
-
 
 def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}"
@@ -54,7 +49,7 @@ def main() -> None:
     parser.add_argument("--scan", default="65")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="default: the preset's (3000)")
-    parser.add_argument("--openmp", choices=sorted(OPENMP), default="passive",
+    parser.add_argument("--openmp", choices=sorted(OPENMP_POLICIES), default="passive",
                         help="how the runs' OpenMP threads wait (passive: what `import splatkit` sets); "
                              "each policy gets its own table")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_repair_time")
@@ -77,7 +72,7 @@ def main() -> None:
         cli = ["--data", str(data), "--train-views", TRAIN_VIEWS, "--seed", str(args.seed), *flags]
         if args.steps is not None:
             cli += ["--steps", str(args.steps)]
-        env, torch_first = OPENMP[args.openmp]
+        _, env, torch_first = OPENMP_POLICIES[args.openmp]
         r = run_cli(cli, args.out / f"{key}_{args.openmp}", env=child_env(env), torch_first=torch_first)
         s = r["summary"]
         report_file = r["run"] / "repair" / "report.json"
@@ -94,12 +89,10 @@ def main() -> None:
             verdict = (f"Issue #15's target, a 3-view run with the per-scene repair in <= {TARGET_MIN:.0f} "
                        f"minutes: **{'met' if r['wall'] <= TARGET_MIN * 60 else 'not met'}** ({minutes(r['wall'])}).")
     load_note = "machine load unknown" if load_before is None else f"load average {load_before:.1f} at the start"
-    policy = "what `import splatkit` sets" if args.openmp == "passive" else "export OMP_WAIT_POLICY=ACTIVE" \
-        if args.openmp == "active" else "libgomp's own: torch loaded before splatkit, nothing exported"
     text = f"""## A sparse-view run with the diffusion repair: the time a user waits (OpenMP waiting {args.openmp})
 
 `python scripts/bench_repair_time.py --cases {','.join(keys)} --scan {args.scan} --seed {args.seed} --openmp {args.openmp} --write` on {machine_info(openmp=args.openmp)}; {load_note}.
-The runs' OpenMP threads wait `{args.openmp}` ({policy}).
+The runs' OpenMP threads wait: {OPENMP_POLICIES[args.openmp][0]}.
 `splatkit train --data dtu_scan{args.scan} --train-views {TRAIN_VIEWS} --seed {args.seed} ...` in a child
 process, {s['step']} steps, evaluated on the scan's {len(s['test_views'])} default test views: the wall time is the whole
 command. The pairs (leave-one-out fits and noisy renders of the scene), the LoRA fine-tune and the

@@ -143,6 +143,18 @@ def child_env(extra: dict) -> dict:
     return {**env, **extra}
 
 
+# How a child's OpenMP threads wait: label, environment, torch imported before splatkit (the only
+# way to get libgomp's own default now that `import splatkit` sets passive). Shared by the scripts
+# that time a policy (bench_cpu_sharing, bench_repair_time).
+OPENMP_POLICIES = {
+    "default": ("libgomp's default (spin about 3 ms, then sleep): torch loaded before splatkit, nothing exported",
+                {}, True),
+    "active": ("active (`OMP_WAIT_POLICY=ACTIVE`: spin until the barrier opens)", {"OMP_WAIT_POLICY": "ACTIVE"}, False),
+    "passive": ("passive (`OMP_WAIT_POLICY=PASSIVE`, what `import splatkit` sets)", {"OMP_WAIT_POLICY": "PASSIVE"},
+                False),
+}
+
+
 # Launches `splatkit` in a child process with torch (and so the OpenMP runtime) loaded before
 # splatkit's import can set OMP_WAIT_POLICY: what a script that imports torch first gets.
 TORCH_FIRST = ("import sys, torch; from splatkit.cli.main import main; "

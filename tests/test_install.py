@@ -117,7 +117,7 @@ def test_pip_install_outside_the_checkout(tmp_path):
 
 
 def test_import_sets_passive_openmp_waiting_unless_the_user_chose():
-    """Spinning OpenMP threads made a step 14x slower on a shared 2-core CPU (docs/benchmarks.md);
+    """Spinning OpenMP threads made a step 10x slower on a shared 2-core CPU (docs/benchmarks.md);
     ``import splatkit`` asks for passive waiting before torch loads the runtime, and an exported
     value wins."""
     import os
